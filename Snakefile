@@ -1,0 +1,23 @@
+# mmlu-flavors: how much an MMLU score depends on who computed it.
+# Rules are split by stage in workflow/rules/; the work is done by the mmlu_flavors package.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+configfile: "config.yaml"
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/cache.smk"
+include: "workflow/rules/scores.smk"
+
+
+rule all:
+    input:
+        REPORT_OUTPUTS,
+    default_target: True

@@ -1,0 +1,31 @@
+# Logits cache: one job per model x flavor x shard of subjects; one forward pass per prompt.
+
+
+rule logits:
+    input:
+        prompts="data/prompts/{flavor}.parquet",
+        model=lambda wc: model_dir(wc.model) or [],
+    output:
+        "data/cache/{model}/{flavor}/{selection}/{shard}.parquet",
+    params:
+        entry=lambda wc: entry_json(wc.model),
+        name=lambda wc: MODELS[wc.model],
+        subjects=lambda wc: ",".join(SHARDS[wc.shard]),
+        n=N_PER_SUBJECT or 0,
+        model_dir=lambda wc: model_dir(wc.model) or "",
+    wildcard_constraints:
+        flavor="|".join(FLAVORS),
+        selection=r"all|first\d+",
+        shard=r"part\d+",
+    threads: config.get("threads_per_model_job", 2)
+    resources:
+        mem_mb=lambda wc: model_resources(wc.model)["mem_mb"],
+        runtime=lambda wc: model_resources(wc.model)["runtime"],
+        gpu=lambda wc: model_resources(wc.model)["gpu"],
+    log:
+        "logs/logits/{model}/{flavor}/{selection}/{shard}.log",
+    shell:
+        "OMP_NUM_THREADS={threads} {PY} logits --prompts {input.prompts:q} "
+        "--flavor {wildcards.flavor:q} --model-name {params.name:q} --entry {params.entry:q} "
+        "--model-dir {params.model_dir:q} --subjects {params.subjects:q} "
+        "--questions-per-subject {params.n} --out {output:q} 2> {log:q}"
