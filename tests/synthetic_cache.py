@@ -1,0 +1,177 @@
+"""Synthetic logits-cache tables with the exact docs/ARCHITECTURE.md shard schema.
+
+`cache_row(...)` builds one hand-made row (override any column), `make_cache(rows)` types a
+list of them, `synthetic_cache(...)` draws a whole plausible cache (models of given skill,
+every flavor, any subjects) and `write_shards(...)` writes it as identity-stamped shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from mmlu_flavors.io import atomic_write_parquet
+
+FLAVORS = ("original", "helm", "harness_e47e01b", "harness_current")
+
+CACHE_SCHEMA: dict[str, pl.DataType] = {
+    # identity
+    "model": pl.String(), "flavor": pl.String(), "subject": pl.String(), "index": pl.Int64(),
+    "gold": pl.Int8(), "prompt_sha256": pl.String(),
+    # bookkeeping
+    "n_shots": pl.Int64(), "context_tokens": pl.Int64(), "truncated": pl.Boolean(),
+    # answer position
+    "letter_ids": pl.List(pl.Int64), "letter_logprobs": pl.List(pl.Float64),
+    "greedy_id": pl.Int64(), "greedy_text": pl.String(), "greedy_logprob": pl.Float64(),
+    "topk_ids": pl.List(pl.Int64), "topk_logprobs": pl.List(pl.Float64),
+    # continuations " A".." D"
+    "letter_cont_ids": pl.List(pl.List(pl.Int64)),
+    "letter_cont_logprobs": pl.List(pl.List(pl.Float64)),
+    "letter_cont_greedy": pl.List(pl.List(pl.Boolean)),
+    "letter_cont_sum": pl.List(pl.Float64),
+    # continuations " " + choice text
+    "text_cont_ids": pl.List(pl.List(pl.Int64)),
+    "text_cont_logprobs": pl.List(pl.List(pl.Float64)),
+    "text_cont_greedy": pl.List(pl.List(pl.Boolean)),
+    "text_cont_sum": pl.List(pl.Float64),
+    "choice_chars": pl.List(pl.Int64), "choices": pl.List(pl.String),
+}
+
+LETTER_IDS = [330, 365, 356, 422]  # arbitrary stand-ins for tokenizer("A").input_ids[-1] ...
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cont(sums: Sequence[float | None], base_id: int) -> dict[str, list]:
+    """One single-token continuation per choice whose log-prob is the given sum ([] for None)."""
+    ids, lps, greedy = [], [], []
+    for j, s in enumerate(sums):
+        if s is None or s == 0.0:
+            ids.append([]), lps.append([]), greedy.append([])
+        else:
+            ids.append([base_id + j]), lps.append([float(s)]), greedy.append([False])
+    return {"ids": ids, "logprobs": lps, "greedy": greedy}
+
+
+def cache_row(
+    *,
+    model: str = "m",
+    flavor: str = "original",
+    subject: str = "abstract_algebra",
+    index: int = 0,
+    gold: int = 0,
+    letter_logprobs: Sequence[float | None] = (-0.5, -1.5, -2.0, -3.0),
+    greedy_text: str | None = " A",
+    letter_cont_sum: Sequence[float | None] = (-0.7, -1.7, -2.2, -3.2),
+    text_cont_sum: Sequence[float | None] = (-5.0, -6.0, -7.0, -8.0),
+    choices: Sequence[str] = ("alpha", "beta", "gamma", "delta"),
+    choice_chars: Sequence[int] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """One cache row with consistent defaults; any schema column can be overridden."""
+    lc = _cont(letter_cont_sum, 100)
+    tc = _cont(text_cont_sum, 1000)
+    row: dict[str, Any] = {
+        "model": model, "flavor": flavor, "subject": subject, "index": index, "gold": gold,
+        "prompt_sha256": _sha(f"{flavor}/{subject}/{index}"),
+        "n_shots": 5, "context_tokens": 300, "truncated": False,
+        "letter_ids": [None if lp is None else LETTER_IDS[j] for j, lp in enumerate(letter_logprobs)],
+        "letter_logprobs": list(letter_logprobs),
+        "greedy_id": 7, "greedy_text": greedy_text, "greedy_logprob": -0.4,
+        "topk_ids": list(range(10)), "topk_logprobs": [-0.4 - k for k in range(10)],
+        "letter_cont_ids": lc["ids"], "letter_cont_logprobs": lc["logprobs"],
+        "letter_cont_greedy": lc["greedy"], "letter_cont_sum": list(letter_cont_sum),
+        "text_cont_ids": tc["ids"], "text_cont_logprobs": tc["logprobs"],
+        "text_cont_greedy": tc["greedy"], "text_cont_sum": list(text_cont_sum),
+        "choice_chars": list(choice_chars) if choice_chars is not None else [len(c) for c in choices],
+        "choices": list(choices),
+    }
+    unknown = set(overrides) - set(CACHE_SCHEMA)
+    if unknown:
+        raise KeyError(f"not cache columns: {sorted(unknown)}")
+    row.update(overrides)
+    return row
+
+
+def make_cache(rows: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
+    """Rows -> DataFrame with exactly CACHE_SCHEMA (column order and dtypes)."""
+    return pl.DataFrame(list(rows), schema=CACHE_SCHEMA)
+
+
+def synthetic_cache(
+    models: Mapping[str, float] | Sequence[str] = ("model-a", "model-b"),
+    flavors: Sequence[str] = FLAVORS,
+    subjects: Mapping[str, int] | Sequence[str] = ("abstract_algebra", "anatomy", "philosophy"),
+    n_per_subject: int = 20,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """A plausible cache: each model has a skill (logit boost of the gold answer).
+
+    `models`: names, or name -> skill (0 = chance, ~2 = good). `subjects`: names (each with
+    `n_per_subject` questions) or name -> number of questions. Flavors and scorers disagree
+    on some questions because every flavor and every family of scores gets its own noise;
+    a few greedy tokens are not letters ("<|im_end|>", " a", "(").
+    """
+    rng = np.random.default_rng(seed)
+    if not isinstance(models, Mapping):
+        models = {m: 0.5 + 1.5 * i / max(1, len(models) - 1) for i, m in enumerate(models)}
+    if not isinstance(subjects, Mapping):
+        subjects = {s: n_per_subject for s in subjects}
+    junk = ["<|im_end|>", " a", "(", " The"]
+    rows = []
+    for s, n in subjects.items():
+        golds = rng.integers(0, 4, size=n)
+        chars = rng.integers(1, 60, size=(n, 4))
+        ease = rng.normal(0.0, 1.0, size=n)  # question difficulty shared by all models
+        for m, skill in models.items():
+            for f in flavors:
+                for i in range(n):
+                    g = int(golds[i])
+                    boost = np.zeros(4)
+                    boost[g] = max(0.0, skill + ease[i])
+                    letter = rng.normal(-1.5, 1.0, 4) + boost
+                    lcont = letter + rng.normal(0, 0.3, 4)
+                    text = (rng.normal(-2.0, 0.6, 4) + 0.5 * boost) * chars[i] / 10.0
+                    greedy = " " + "ABCD"[int(np.argmax(letter + rng.normal(0, 0.3, 4)))]
+                    if rng.random() < 0.05:
+                        greedy = junk[int(rng.integers(len(junk)))]
+                    choices = [f"{s} q{i} option {'ABCD'[j]}" + "x" * int(chars[i, j])
+                               for j in range(4)]
+                    rows.append(cache_row(
+                        model=m, flavor=f, subject=s, index=i, gold=g,
+                        letter_logprobs=[float(x) for x in letter], greedy_text=greedy,
+                        letter_cont_sum=[float(x) for x in lcont],
+                        text_cont_sum=[float(x) for x in text], choices=choices,
+                        choice_chars=[len(c) for c in choices]))
+    return make_cache(rows)
+
+
+def shard_meta(model: str, flavor: str, **extra: Any) -> dict[str, Any]:
+    """Shard identity metadata as docs/ARCHITECTURE.md lists it."""
+    meta = {
+        "model": model, "source": "synthetic", "weights_sha256": _sha(model),
+        "tokenizer": f"{model}-tok", "dtype": "float32", "device": "cpu",
+        "flavor": flavor, "selection": "full", "transformers": "0.0", "torch": "0.0",
+    }
+    meta.update(extra)
+    return meta
+
+
+def write_shards(cache: pl.DataFrame, root: Path, selection: str = "full",
+                 meta_overrides: Mapping[tuple[str, str], Mapping[str, Any]] | None = None
+                 ) -> list[Path]:
+    """Write one shard per model x flavor under root/{model}/{flavor}/{selection}/0.parquet."""
+    paths = []
+    for (m, f), part in cache.group_by(["model", "flavor"], maintain_order=True):
+        extra = dict((meta_overrides or {}).get((m, f), {}))
+        p = Path(root) / m / f / selection / "0.parquet"
+        atomic_write_parquet(part, p, shard_meta(m, f, selection=selection, **extra))
+        paths.append(p)
+    return paths

@@ -1,0 +1,232 @@
+"""Scorers: cache rows -> one prediction per model x prompt flavor x scorer x question.
+
+Every scorer is a pure function of cache columns (see docs/ARCHITECTURE.md), so a new scoring
+rule costs zero forward passes. Argmax semantics are numpy's (`np.argmax`: the first maximum
+wins; a NaN counts as the maximum and the first NaN wins), which is what the reference code
+bases call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from mmlu_flavors.io import read_meta
+
+LETTERS = ("A", "B", "C", "D")
+SCORERS: tuple[str, ...] = (
+    "letter_argmax", "greedy_token", "loglik_acc", "loglik_acc_norm", "loglik_letter",
+)
+FLAVORS: tuple[str, ...] = ("original", "helm", "harness_e47e01b", "harness_current")
+
+# published implementation (prompt flavor) -> its own scorer
+DIAGONAL: dict[str, str] = {
+    "original": "letter_argmax",
+    "helm": "greedy_token",
+    "harness_e47e01b": "loglik_acc",
+    "harness_current": "loglik_letter",
+}
+
+# names used in tables -> (prompt flavor, scorer); harness e47e01b has two metrics
+IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
+    "helm": ("helm", "greedy_token"),
+    "harness (acc)": ("harness_e47e01b", "loglik_acc"),
+    "original": ("original", "letter_argmax"),
+    "harness acc_norm": ("harness_e47e01b", "loglik_acc_norm"),
+    "harness_current": ("harness_current", "loglik_letter"),
+}
+
+PREDICTION_SCHEMA: dict[str, pl.DataType] = {
+    "model": pl.String(),
+    "prompt": pl.String(),
+    "scorer": pl.String(),
+    "subject": pl.String(),
+    "index": pl.Int64(),
+    "pred": pl.Int8(),
+    "gold": pl.Int8(),
+    "correct": pl.Boolean(),
+}
+KEY = ("model", "prompt", "scorer", "subject", "index")
+
+# metadata keys that legitimately differ between shards of one model (everything else is identity)
+SHARD_META_VARYING: frozenset[str] = frozenset({
+    "flavor", "selection", "shard", "shard_index", "n_shards", "n_rows", "rows", "subjects",
+    "subject", "questions_per_subject",
+    "prompt_sha256", "prompts_sha256", "created", "created_at", "timestamp", "wall_s",
+    "elapsed_s", "host", "hostname",
+})
+
+
+# ---------------------------------------------------------------- argmax helpers
+
+def _float_matrix(cache: pl.DataFrame, col: str, null: float) -> np.ndarray:
+    """(n, 4) float64 matrix of a list<number>(4) column; null entries become `null`."""
+    s = cache.get_column(col).cast(pl.List(pl.Float64))
+    lengths = s.list.len()
+    if lengths.is_null().any() or (lengths != 4).any():
+        raise ValueError(f"column {col!r} must hold a list of 4 in every row")
+    if s.len() == 0:
+        return np.empty((0, 4), dtype=np.float64)
+    filled = s.list.eval(pl.element().fill_null(null))
+    return np.asarray(filled.list.to_array(4).to_numpy(), dtype=np.float64).reshape(-1, 4)
+
+
+def _null_rows(cache: pl.DataFrame, col: str) -> np.ndarray:
+    """Rows whose list column has all entries null."""
+    s = cache.get_column(col).cast(pl.List(pl.Float64))
+    return (s.list.eval(pl.element().is_null()).list.all()).to_numpy().astype(bool)
+
+
+def _any_null(cache: pl.DataFrame, col: str) -> np.ndarray:
+    s = cache.get_column(col).cast(pl.List(pl.Float64))
+    return (s.list.eval(pl.element().is_null()).list.any()).to_numpy().astype(bool)
+
+
+def _argmax(values: np.ndarray, undefined: np.ndarray) -> pl.Series:
+    """Row-wise np.argmax as Int8, null where `undefined`."""
+    pred = np.argmax(values, axis=1).astype(np.int8) if len(values) else np.empty(0, np.int8)
+    return pl.Series("pred", pred, dtype=pl.Int8).scatter(np.flatnonzero(undefined), None)
+
+
+# ---------------------------------------------------------------- scorers -> pred (Int8 or null)
+
+def pred_letter_argmax(cache: pl.DataFrame) -> pl.Series:
+    """original: argmax of the 4 letter log-probs; a null (letter without token) is -inf."""
+    m = _float_matrix(cache, "letter_logprobs", -np.inf)
+    return _argmax(m, _null_rows(cache, "letter_logprobs"))
+
+
+def _py_strip_letter(text: str | None) -> int | None:
+    if text is None:
+        return None
+    t = text.strip()  # Python's own whitespace set, not polars'/Rust's
+    return LETTERS.index(t) if t in LETTERS else None
+
+
+def pred_greedy_token(cache: pl.DataFrame) -> pl.Series:
+    """helm: the greedy token's text, `.strip()`ped, must be exactly A-D; else null."""
+    texts = cache.get_column("greedy_text")
+    uniq = texts.drop_nulls().unique().to_list()
+    mapping = {t: _py_strip_letter(t) for t in uniq}
+    return texts.replace_strict(mapping, default=None, return_dtype=pl.Int8).alias("pred")
+
+
+def _pred_sum(col: str) -> Callable[[pl.DataFrame], pl.Series]:
+    def pred(cache: pl.DataFrame) -> pl.Series:
+        return _argmax(_float_matrix(cache, col, np.nan), _any_null(cache, col))
+    pred.__doc__ = f"argmax of `{col}` (a row with a null sum gets pred null)"
+    return pred
+
+
+pred_loglik_acc = _pred_sum("text_cont_sum")
+pred_loglik_letter = _pred_sum("letter_cont_sum")
+
+
+def pred_loglik_acc_norm(cache: pl.DataFrame) -> pl.Series:
+    """harness e47e01b acc_norm: np.argmax(sums / float(len(choice))) with numpy semantics."""
+    sums = _float_matrix(cache, "text_cont_sum", np.nan)
+    chars = _float_matrix(cache, "choice_chars", np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normed = sums / chars  # x/0 -> +-inf, 0/0 -> nan
+    return _argmax(normed, _any_null(cache, "text_cont_sum") | _any_null(cache, "choice_chars"))
+
+
+PRED_FUNCS: dict[str, Callable[[pl.DataFrame], pl.Series]] = {
+    "letter_argmax": pred_letter_argmax,
+    "greedy_token": pred_greedy_token,
+    "loglik_acc": pred_loglik_acc,
+    "loglik_acc_norm": pred_loglik_acc_norm,
+    "loglik_letter": pred_loglik_letter,
+}
+
+
+# ---------------------------------------------------------------- main reduction
+
+def _correct_expr(scorer: str) -> pl.Expr:
+    pred = pl.col("pred")
+    if scorer == "greedy_token":
+        # HELM: correct iff the predicted choice's TEXT equals the gold choice's text
+        ok = pl.col("choices").list.get(pred.cast(pl.Int64), null_on_oob=True) == \
+            pl.col("choices").list.get(pl.col("gold").cast(pl.Int64), null_on_oob=True)
+    else:
+        ok = pred == pl.col("gold")
+    return ok.fill_null(False).alias("correct")
+
+
+def predictions(cache: pl.DataFrame, scorers: Sequence[str] = SCORERS) -> pl.DataFrame:
+    """Every scorer applied to every cache row.
+
+    One row per model x prompt (the cache's `flavor`) x scorer x question; columns exactly
+    `model, prompt, scorer, subject, index, pred, gold, correct`, sorted by that key.
+    """
+    dup = cache.select("model", "flavor", "subject", "index").is_duplicated()
+    if dup.any():
+        first = cache.filter(dup).row(0, named=True)
+        raise ValueError(f"cache has duplicate questions, e.g. {first['model']}/"
+                         f"{first['flavor']}/{first['subject']}/{first['index']}")
+    base = cache.select(
+        pl.col("model").cast(pl.String),
+        pl.col("flavor").cast(pl.String).alias("prompt"),
+        pl.col("subject").cast(pl.String),
+        pl.col("index").cast(pl.Int64),
+        pl.col("gold").cast(pl.Int8),
+        pl.col("choices").cast(pl.List(pl.String)),
+    )
+    parts = []
+    for scorer in scorers:
+        pred = PRED_FUNCS[scorer](cache)
+        parts.append(
+            base.with_columns(pl.lit(scorer, pl.String).alias("scorer"), pred.alias("pred"))
+            .with_columns(_correct_expr(scorer))
+        )
+    out = pl.concat(parts) if parts else base.clear().with_columns(
+        pl.lit(None, pl.String).alias("scorer"), pl.lit(None, pl.Int8).alias("pred"),
+        pl.lit(None, pl.Boolean).alias("correct"))
+    return (out.select([pl.col(c).cast(t) for c, t in PREDICTION_SCHEMA.items()])
+            .sort(list(KEY)))
+
+
+def _identity(meta: dict, ignore: frozenset[str]) -> str:
+    """Model identity of a shard: its `identity` dict (cache.py layout) or the top-level keys,
+    less the keys that legitimately vary between shards of one model (flavor, selection, ...)."""
+    ident = meta["identity"] if isinstance(meta.get("identity"), dict) else meta
+    return json.dumps({k: v for k, v in ident.items() if k not in ignore}, sort_keys=True)
+
+
+def read_shards(paths: Sequence[Path | str],
+                ignore_meta: frozenset[str] = SHARD_META_VARYING) -> pl.DataFrame:
+    """Concatenate cache shards; refuse shards of one model whose metadata identity differs."""
+    seen: dict[str, tuple[str, Path]] = {}  # model -> (identity, first file)
+    frames = []
+    for p in map(Path, paths):
+        df = pl.read_parquet(p)
+        meta = read_meta(p)
+        ident = _identity(meta, ignore_meta)
+        for model in df.get_column("model").unique().sort().to_list():
+            if model in seen and seen[model][0] != ident:
+                raise ValueError(
+                    f"refusing to mix shards of model {model!r} with different identity: "
+                    f"{seen[model][1]} has {seen[model][0]}, {p} has {ident}")
+            seen.setdefault(model, (ident, p))
+        frames.append(df)
+    if not frames:
+        raise ValueError("no cache shards given")
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def predictions_from_shards(paths: Sequence[Path | str]) -> pl.DataFrame:
+    """Read cache shards (identity-checked) and reduce them with every scorer."""
+    return predictions(read_shards(paths))
+
+
+def write_predictions(shard_paths: Sequence[Path | str], out_path: Path | str) -> pl.DataFrame:
+    """predictions_from_shards, written atomically to `out_path` (Parquet); returns the table."""
+    from mmlu_flavors.io import atomic_write_parquet
+
+    pred = predictions_from_shards(shard_paths)
+    atomic_write_parquet(pred, out_path)
+    return pred
