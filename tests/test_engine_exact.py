@@ -1,0 +1,135 @@
+"""run_fast must reproduce run_naive (the reference code's arithmetic) number for number."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest_models import BOS, mmlu_like_requests, tiny_gemma3, tiny_llama
+
+from mmlu_flavors.engine import (EngineStats, check_head, group_by_prefix, run_fast,
+                                 run_naive)
+from mmlu_flavors.tokenize import Request
+
+TOL = 1e-4
+LETTER_IDS = [10, 11, None, 13]
+
+
+def assert_same(fast, naive, tol=TOL):
+    assert len(fast) == len(naive)
+    for n, (f, r) in enumerate(zip(fast, naive)):
+        where = f"request {n}"
+        for a, b in zip(f.candidate_logprobs, r.candidate_logprobs):
+            assert (a is None) == (b is None), where
+            if a is not None:
+                assert abs(a - b) < tol, (where, a, b)
+        assert abs(f.greedy_logprob - r.greedy_logprob) < tol, where
+        if f.greedy_id != r.greedy_id:  # only a near tie may flip the argmax
+            assert abs(r.topk_logprobs[0] - r.topk_logprobs[1]) < tol, where
+        assert len(f.topk_ids) == len(r.topk_ids) == 10
+        for k, (a, b) in enumerate(zip(f.topk_logprobs, r.topk_logprobs)):
+            assert abs(a - b) < tol, (where, k)
+            if f.topk_ids[k] != r.topk_ids[k]:
+                near = [r.topk_logprobs[x] for x in (k - 1, k + 1) if 0 <= x < 10]
+                assert any(abs(v - b) < tol for v in near), (where, k)
+        assert len(f.sums) == len(r.sums) == 8
+        for j in range(8):
+            assert len(f.token_logprobs[j]) == len(r.token_logprobs[j]), (where, j)
+            for a, b in zip(f.token_logprobs[j], r.token_logprobs[j]):
+                assert abs(a - b) < tol, (where, j, a, b)
+            assert f.token_is_greedy[j] == r.token_is_greedy[j], (where, j)
+            assert abs(f.sums[j] - r.sums[j]) < tol * max(1, len(f.token_logprobs[j])), where
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def model_and_requests(request):
+    if request.param == "llama":  # SmolLM2-like: no BOS
+        return tiny_llama(), mmlu_like_requests(seed=1)
+    # Gemma-3-like: BOS, 16-token sliding window, contexts of 70-110 tokens
+    return tiny_gemma3(), mmlu_like_requests(seed=2, bos=BOS)
+
+
+def test_fast_equals_naive(model_and_requests):
+    model, requests = model_and_requests
+    naive = run_naive(model, requests, LETTER_IDS)
+    stats = EngineStats()
+    fast = run_fast(model, requests, LETTER_IDS, batch_size=3, progress=False, stats=stats)
+    assert_same(fast, naive)
+    # the requests exercise every path
+    assert stats.naive_fallbacks == 1
+    assert sum(1 for p, m in group_by_prefix(requests) if p >= 32 and len(m) >= 3) == 2
+    assert [] in requests[1].continuations and fast[1].sums[5] == 0.0
+    assert fast[1].token_logprobs[5] == [] and fast[1].token_is_greedy[5] == []
+    assert fast[0].candidate_logprobs[2] is None
+    # sanity of the numbers themselves
+    for res in fast:
+        assert res.greedy_logprob == pytest.approx(res.topk_logprobs[0], abs=1e-6)
+        assert res.topk_ids[0] == res.greedy_id
+        assert all(v <= 0 for v in res.topk_logprobs)
+        assert sum(math.exp(v) for v in res.topk_logprobs) <= 1.0 + 1e-5
+
+
+def test_fast_does_less_work(model_and_requests):
+    model, requests = model_and_requests
+    s_naive, s_fast = EngineStats(), EngineStats()
+    run_naive(model, requests, LETTER_IDS, stats=s_naive)
+    run_fast(model, requests, LETTER_IDS, batch_size=8, progress=False, stats=s_fast)
+    assert s_fast.tokens * 4 < s_naive.tokens
+    assert s_fast.head_positions * 5 < s_naive.head_positions
+
+
+def test_letter_ids_rule_and_greedy_flags(model_and_requests):
+    """Letter log-probs are the answer-position log-probs, which also score each
+    continuation's first token; a greedy continuation token is flagged."""
+    model, requests = model_and_requests
+    r = requests[0]
+    greedy = run_naive(model, [r], LETTER_IDS)[0].greedy_id
+    probe = Request(r.context, [[greedy], [10], [], [11, 12]] * 2, r.max_length)
+    for res in (run_naive(model, [probe], LETTER_IDS),
+                run_fast(model, [probe], LETTER_IDS, progress=False)):
+        res = res[0]
+        assert res.token_is_greedy[0] == [True]
+        assert res.token_logprobs[0][0] == pytest.approx(res.greedy_logprob, abs=TOL)
+        assert res.token_logprobs[1][0] == pytest.approx(res.candidate_logprobs[0], abs=TOL)
+        assert res.token_logprobs[3][0] == pytest.approx(res.candidate_logprobs[1], abs=TOL)
+
+
+def test_sliding_window_prefix_longer_than_window():
+    """Prefix, suffix and continuations each cross the window edge; the cache copy must keep
+    the sliding layers' cumulative length (positions and mask offset)."""
+    model = tiny_gemma3(seed=5, sliding_window=8)
+    reqs = mmlu_like_requests(seed=7, bos=BOS, prefix_len=33)
+    assert_same(run_fast(model, reqs, LETTER_IDS, progress=False),
+                run_naive(model, reqs, LETTER_IDS))
+
+
+def test_group_by_prefix():
+    a = list(range(100, 150))
+    reqs = [Request(a + [1, 2], [[3]], 99), Request(a + [4], [[3]], 99),
+            Request(a[:40] + [7, 8], [[3]], 99), Request([9] * 60, [[3]], 99),
+            Request(a, [[3]], 99)]
+    groups = group_by_prefix(reqs)
+    assert groups == [(40, [0, 1, 2]), (0, [3]), (0, [4])]
+    # the prefix always leaves each member a suffix
+    same = [Request(a, [[3]], 99), Request(a, [[4]], 99)]
+    assert group_by_prefix(same) == [(49, [0, 1])]
+
+
+def test_check_head_catches_unknown_scaling():
+    model = tiny_llama()
+    check_head(model)
+    lm_head = model.lm_head
+    model.lm_head = torch.nn.Sequential(lm_head)  # same module path, same numbers
+    check_head(model)
+
+    orig_forward = model.forward
+
+    def scaled_forward(*args, **kwargs):
+        out = orig_forward(*args, **kwargs)
+        out.logits = out.logits * 2
+        return out
+
+    model.forward = scaled_forward
+    with pytest.raises(RuntimeError, match="differs"):
+        check_head(model)

