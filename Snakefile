@@ -1,7 +1,12 @@
 # mmlu-flavors: how much an MMLU score depends on who computed it.
 # Rules are split by stage in workflow/rules/; the work is done by the mmlu_flavors package.
 
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))  # the mmlu_flavors package
 
 min_version("9.0")
 

@@ -8,6 +8,7 @@ dtype, flavor, prompt hashes) matches; the shard is the concatenation of its par
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def rows_from_results(model_name: str, prompt_rows: list[dict], tokenized: list,
             "index": row["index"], "gold": row["gold"],
             "prompt_sha256": sha256_text(tok.prompt), "n_shots": tok.n_shots,
             "context_tokens": len(tok.request.context), "truncated": tok.truncated,
-            "letter_ids": letter_ids, "letter_logprobs": res.letter_logprobs,
+            "letter_ids": letter_ids, "letter_logprobs": res.candidate_logprobs,
             "greedy_id": res.greedy_id,
             "greedy_text": tokenizer.decode([res.greedy_id], skip_special_tokens=False),
             "greedy_logprob": res.greedy_logprob,
@@ -142,23 +143,38 @@ def compute_shard(prompts: pl.DataFrame, model_name: str, loaded: Any, flavor: s
     return shard
 
 
+# keys of shard metadata that legitimately vary between shards of one model
+SHARD_META_VARYING: frozenset[str] = frozenset({
+    "flavor", "selection", "shard", "subjects", "subject", "questions_per_subject", "rows",
+})
+
+
+def _model_identity(meta: dict) -> str:
+    ident = meta["identity"] if isinstance(meta.get("identity"), dict) else meta
+    return json.dumps({k: v for k, v in ident.items() if k not in SHARD_META_VARYING},
+                      sort_keys=True)
+
+
 def read_shards(paths: list[Path | str]) -> pl.DataFrame:
-    """Concatenate shards, refusing to mix identities for the same model and flavor."""
-    seen: dict[tuple[str, str], tuple[str, dict]] = {}
+    """Concatenate shards; refuse shards of one model whose identity (weights, tokenizer,
+    dtype, device, versions) differs, and questions cached twice."""
+    seen: dict[str, tuple[str, Path]] = {}  # model -> (identity, first file)
     frames = []
-    for p in paths:
-        meta = read_meta(p).get("identity", {})
+    for p in map(Path, paths):
         df = pl.read_parquet(p)
-        for model, flavor in df.select("model", "flavor").unique().iter_rows():
-            key = (model, flavor)
-            if key in seen and seen[key][1] != meta:
+        ident = _model_identity(read_meta(p))
+        for model in df.get_column("model").unique().sort().to_list():
+            if model in seen and seen[model][0] != ident:
                 raise CacheIdentityError(
-                    f"cache shards {seen[key][0]} and {p} were computed with different "
-                    f"model/tokenizer/dtype identities for {model}/{flavor}; refusing to mix")
-            seen.setdefault(key, (str(p), meta))
+                    f"refusing to mix shards of model {model!r} with different identity: "
+                    f"{seen[model][1]} has {seen[model][0]}, {p} has {ident}")
+            seen.setdefault(model, (ident, p))
         frames.append(df)
-    out = pl.concat(frames) if frames else pl.DataFrame(schema=CACHE_SCHEMA)
+    if not frames:
+        raise CacheIdentityError("no cache shards given")
+    out = pl.concat(frames, how="diagonal_relaxed")
     dup = out.group_by("model", "flavor", "subject", "index").len().filter(pl.col("len") > 1)
     if dup.height:
-        raise CacheIdentityError(f"questions cached twice across shards: {dup.head(3).to_dicts()}")
+        raise CacheIdentityError(
+            f"questions cached twice across shards: {dup.head(3).to_dicts()}")
     return out

@@ -56,7 +56,7 @@ def cmd_logits(a: argparse.Namespace) -> None:
     from .models import load_model
 
     entry = json.loads(a.entry)
-    loaded = load_model(entry, Path(a.model_dir) if a.model_dir else None)
+    loaded = load_model(entry, Path(a.model_dir) if a.model_dir else None, name=a.model_name)
     prompts = pl.read_parquet(a.prompts)
     subjects = [s for s in a.subjects.split(",") if s]
     n = None if a.questions_per_subject in (None, 0) else a.questions_per_subject
@@ -67,11 +67,9 @@ def cmd_logits(a: argparse.Namespace) -> None:
 
 
 def cmd_predictions(a: argparse.Namespace) -> None:
-    from .cache import read_shards
-    from .reduce import predictions
+    from .reduce import write_predictions
 
-    cache = read_shards([Path(p) for p in a.shards])
-    atomic_write_parquet(predictions(cache), a.out)
+    write_predictions(a.shards, a.out)
 
 
 def cmd_report(a: argparse.Namespace) -> None:

@@ -8,14 +8,12 @@ bases call.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from mmlu_flavors.io import read_meta
 
 LETTERS = ("A", "B", "C", "D")
 SCORERS: tuple[str, ...] = (
@@ -53,12 +51,6 @@ PREDICTION_SCHEMA: dict[str, pl.DataType] = {
 KEY = ("model", "prompt", "scorer", "subject", "index")
 
 # metadata keys that legitimately differ between shards of one model (everything else is identity)
-SHARD_META_VARYING: frozenset[str] = frozenset({
-    "flavor", "selection", "shard", "shard_index", "n_shards", "n_rows", "rows", "subjects",
-    "subject", "questions_per_subject",
-    "prompt_sha256", "prompts_sha256", "created", "created_at", "timestamp", "wall_s",
-    "elapsed_s", "host", "hostname",
-})
 
 
 # ---------------------------------------------------------------- argmax helpers
@@ -190,37 +182,11 @@ def predictions(cache: pl.DataFrame, scorers: Sequence[str] = SCORERS) -> pl.Dat
             .sort(list(KEY)))
 
 
-def _identity(meta: dict, ignore: frozenset[str]) -> str:
-    """Model identity of a shard: its `identity` dict (cache.py layout) or the top-level keys,
-    less the keys that legitimately vary between shards of one model (flavor, selection, ...)."""
-    ident = meta["identity"] if isinstance(meta.get("identity"), dict) else meta
-    return json.dumps({k: v for k, v in ident.items() if k not in ignore}, sort_keys=True)
-
-
-def read_shards(paths: Sequence[Path | str],
-                ignore_meta: frozenset[str] = SHARD_META_VARYING) -> pl.DataFrame:
-    """Concatenate cache shards; refuse shards of one model whose metadata identity differs."""
-    seen: dict[str, tuple[str, Path]] = {}  # model -> (identity, first file)
-    frames = []
-    for p in map(Path, paths):
-        df = pl.read_parquet(p)
-        meta = read_meta(p)
-        ident = _identity(meta, ignore_meta)
-        for model in df.get_column("model").unique().sort().to_list():
-            if model in seen and seen[model][0] != ident:
-                raise ValueError(
-                    f"refusing to mix shards of model {model!r} with different identity: "
-                    f"{seen[model][1]} has {seen[model][0]}, {p} has {ident}")
-            seen.setdefault(model, (ident, p))
-        frames.append(df)
-    if not frames:
-        raise ValueError("no cache shards given")
-    return pl.concat(frames, how="diagonal_relaxed")
-
-
 def predictions_from_shards(paths: Sequence[Path | str]) -> pl.DataFrame:
     """Read cache shards (identity-checked) and reduce them with every scorer."""
-    return predictions(read_shards(paths))
+    from .cache import read_shards
+
+    return predictions(read_shards(list(paths)))
 
 
 def write_predictions(shard_paths: Sequence[Path | str], out_path: Path | str) -> pl.DataFrame:

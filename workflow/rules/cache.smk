@@ -22,6 +22,8 @@ rule logits:
         mem_mb=lambda wc: model_resources(wc.model)["mem_mb"],
         runtime=lambda wc: model_resources(wc.model)["runtime"],
         gpu=lambda wc: model_resources(wc.model)["gpu"],
+    conda:
+        ENV
     log:
         "logs/logits/{model}/{flavor}/{selection}/{shard}.log",
     shell:

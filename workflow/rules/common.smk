@@ -2,11 +2,20 @@
 
 import json
 import math
+import shlex
+import sys
+from pathlib import Path
 
 from mmlu_flavors.data import SUBJECTS
 from mmlu_flavors.models import slugify
 
-PY = "mmlu-flavors"
+ENV = "../../envs/mmlu-flavors.yaml"
+_PKG_DIR = str(Path(workflow.basedir) / "workflow")
+_IN_CONDA = "conda" in str(workflow.deployment_settings.deployment_method).lower()
+# The package runs under the Python that runs Snakemake (the project venv), or under the
+# conda environment's python when Snakemake deploys envs/mmlu-flavors.yaml.
+PY = (f"PYTHONPATH={shlex.quote(_PKG_DIR)} "
+      f"{'python' if _IN_CONDA else shlex.quote(sys.executable)} -m mmlu_flavors.cli")
 
 
 def _fail(msg):

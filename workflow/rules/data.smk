@@ -10,6 +10,8 @@ rule questions:
         mmlu=config.get("mmlu_dir") or "",
         hub=config.get("hub_dataset", "cais/mmlu"),
         revision=config.get("hub_revision") or "",
+    conda:
+        ENV
     log:
         "logs/questions.log",
     shell:
@@ -26,6 +28,8 @@ rule prompts:
         num_fewshot=config.get("num_fewshot", 5),
     wildcard_constraints:
         flavor="|".join(FLAVORS),
+    conda:
+        ENV
     log:
         "logs/prompts/{flavor}.log",
     shell:

@@ -6,6 +6,8 @@ rule convert_gguf:
         directory("data/models/{model}"),
     params:
         entry=lambda wc: entry_json(wc.model),
+    conda:
+        ENV
     log:
         "logs/convert/{model}.log",
     resources:

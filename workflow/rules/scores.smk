@@ -16,6 +16,8 @@ rule predictions:
         cache_shards(),
     output:
         "reports/predictions.parquet",
+    conda:
+        ENV
     log:
         "logs/predictions.log",
     shell:
@@ -38,6 +40,8 @@ rule report:
         hub_ids=json.dumps({n: REGISTRY[n].get("hub_id", "") for n in config["models"]}),
         seed=config.get("bootstrap_seed", 0),
         samples=config.get("bootstrap_samples", 1000),
+    conda:
+        ENV
     log:
         "logs/report.log",
     shell:
