@@ -199,7 +199,8 @@ def _copy_cache(cache: Any, batch: int = 1) -> Any:
 
 
 def _body(model: Any) -> Any:
-    return getattr(model, "model", None) or model.get_decoder()
+    body = getattr(model, "model", None)
+    return body if body is not None else model.get_decoder()
 
 
 def _head(model: Any, hidden: torch.Tensor) -> torch.Tensor:
@@ -290,6 +291,8 @@ def run_fast(model: Any, requests: Sequence[Request], letter_ids: Sequence[int |
     from tqdm.auto import tqdm
 
     stats = stats if stats is not None else EngineStats()
+    if not requests:
+        return []
     check_head(model)
     fast = _Fast(model, letter_ids, batch_size, stats)
     results: list[EngineResult | None] = [None] * len(requests)

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,7 +165,6 @@ def convert_gguf(entry: dict[str, Any], out_dir: str | Path, workdir: str | Path
         raise _err(entry, "source", "convert_gguf needs source: gguf", name)
     out_dir = Path(out_dir)
     gguf = resolve_gguf(entry, workdir if workdir is not None else out_dir.parent, name)
-    t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                  dtype=torch.float32)
@@ -184,7 +182,6 @@ def convert_gguf(entry: dict[str, Any], out_dir: str | Path, workdir: str | Path
         "model_type": model.config.model_type,
         "transformers": transformers.__version__,
         "torch": torch.__version__,
-        "convert_seconds": round(time.perf_counter() - t0, 2),
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
