@@ -22,11 +22,11 @@ VOCAB = 320
 BOS = 2
 
 
-def tiny_llama(seed: int = 0) -> torch.nn.Module:
+def tiny_llama(seed: int = 0, vocab: int = VOCAB) -> torch.nn.Module:
     """A SmolLM2-shaped Llama (GQA, tied embeddings) with sharp random weights, float32."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=1024, tie_word_embeddings=True,
                       initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=2)
@@ -34,12 +34,12 @@ def tiny_llama(seed: int = 0) -> torch.nn.Module:
     return LlamaForCausalLM(cfg).float().eval()
 
 
-def tiny_gemma3(seed: int = 0, sliding_window: int = 16) -> torch.nn.Module:
+def tiny_gemma3(seed: int = 0, sliding_window: int = 16, vocab: int = VOCAB) -> torch.nn.Module:
     """A Gemma-3-shaped text model: sliding and full attention layers, a tiny window,
     logit softcapping, float32."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    cfg = Gemma3TextConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+    cfg = Gemma3TextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
                            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=1,
                            head_dim=16, query_pre_attn_scalar=16, sliding_window=sliding_window,
                            layer_types=["sliding_attention", "sliding_attention",

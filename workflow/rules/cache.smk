@@ -29,5 +29,5 @@ rule logits:
     shell:
         "OMP_NUM_THREADS={threads} {PY} logits --prompts {input.prompts:q} "
         "--flavor {wildcards.flavor:q} --model-name {params.name:q} --entry {params.entry:q} "
-        "--model-dir {params.model_dir:q} --subjects {params.subjects:q} "
+        "--model-dir={params.model_dir:q} --subjects {params.subjects:q} "
         "--questions-per-subject {params.n} --out {output:q} 2> {log:q}"

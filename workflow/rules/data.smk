@@ -15,8 +15,8 @@ rule questions:
     log:
         "logs/questions.log",
     shell:
-        "{PY} questions --source {params.source:q} --mmlu {params.mmlu:q} "
-        "--hub {params.hub:q} --revision {params.revision:q} --out {output.table:q} 2> {log:q}"
+        "{PY} questions --source {params.source:q} --mmlu={params.mmlu:q} "
+        "--hub {params.hub:q} --revision={params.revision:q} --out {output.table:q} 2> {log:q}"
 
 
 rule prompts:

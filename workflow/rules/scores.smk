@@ -46,5 +46,5 @@ rule report:
         "logs/report.log",
     shell:
         "{PY} report --predictions {input:q} --out-dir reports "
-        "--blog-csv {params.blog_csv:q} --hub-ids {params.hub_ids:q} "
+        "--blog-csv={params.blog_csv:q} --hub-ids {params.hub_ids:q} "
         "--seed {params.seed} --samples {params.samples} 2> {log:q}"

@@ -1,0 +1,128 @@
+"""The cache holds exactly what the reference procedures compute, on real MMLU prompts.
+
+Tiny random models of two architectures with small real tokenizers: a Llama with a byte-level
+BPE tokenizer (no BOS, like SmolLM2) and a Gemma 3 text model with sliding-window layers and a
+SentencePiece-style tokenizer that adds BOS. Every flavor's requests are built by the token
+rules, then the fast engine is compared with the literal one-forward-per-request computation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+
+from conftest_models import tiny_gemma3, tiny_llama
+from mmlu_flavors import engine
+from mmlu_flavors.cache import compute_shard, read_shards
+from mmlu_flavors.io import read_meta
+from mmlu_flavors.models import LoadedModel
+from mmlu_flavors.prompts import build_prompts
+from mmlu_flavors.tokenize import letter_ids, tokenize_row
+from tiny_tokenizers import bytelevel_no_bos, sentencepiece_bos
+
+SUBJECTS = ["abstract_algebra", "us_foreign_policy"]
+FLAVORS = ["original", "helm", "harness_e47e01b", "harness_current"]
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=["llama-bytelevel", "gemma3-sentencepiece-bos"])
+def loaded(request, questions) -> LoadedModel:
+    if request.param.startswith("llama"):
+        tok = bytelevel_no_bos(questions)
+        model = tiny_llama(seed=1, vocab=len(tok))
+    else:
+        tok = sentencepiece_bos(questions)
+        model = tiny_gemma3(seed=2, sliding_window=64, vocab=len(tok))
+    return LoadedModel(model=model, tokenizer=tok, name=request.param, dtype="float32",
+                       device="cpu", max_length=model.config.max_position_embeddings,
+                       identity={"source": "test", "name": request.param})
+
+
+@pytest.fixture(scope="module")
+def prompts(questions) -> pl.DataFrame:
+    return pl.concat([build_prompts(questions, f, subjects=SUBJECTS, questions_per_subject=3)
+                      for f in FLAVORS])
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, abs_tol=TOL)
+
+
+def _not_tied(values: list[float], i: int) -> bool:
+    return all(abs(values[i] - v) > TOL for j, v in enumerate(values) if j != i)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_fast_equals_naive_on_real_prompts(loaded, prompts, flavor) -> None:
+    rows = prompts.filter(pl.col("flavor") == flavor).to_dicts()
+    model_type = loaded.model.config.model_type
+    toks = [tokenize_row(r, loaded.tokenizer, loaded.max_length, model_type) for r in rows]
+    reqs = [t.request for t in toks]
+    letters = letter_ids(loaded.tokenizer)
+    stats = engine.EngineStats()
+    fast = engine.run_fast(loaded.model, reqs, letters, batch_size=4, progress=False, stats=stats)
+    naive = engine.run_naive(loaded.model, reqs, letters)
+    if flavor in ("original", "helm", "harness_current"):
+        assert stats.groups < len(reqs)  # a subject's questions shared their few-shot prefix
+    for f, n in zip(fast, naive):
+        assert all(_close(a, b) for a, b in zip(f.candidate_logprobs, n.candidate_logprobs))
+        assert _close(f.greedy_logprob, n.greedy_logprob)
+        assert f.greedy_id == n.greedy_id or abs(f.greedy_logprob - n.greedy_logprob) < TOL
+        assert len(f.token_logprobs) == 8
+        for fl, nl in zip(f.token_logprobs, n.token_logprobs):
+            assert len(fl) == len(nl) and all(_close(a, b) for a, b in zip(fl, nl))
+        assert all(_close(a, b) for a, b in zip(f.sums, n.sums))
+        for group in (slice(0, 4), slice(4, 8)):
+            s = n.sums[group]
+            best = max(range(4), key=lambda i: (s[i], -i))
+            if _not_tied(s, best):
+                assert max(range(4), key=lambda i: (f.sums[group][i], -i)) == best
+        letters_n = n.candidate_logprobs
+        best = max(range(4), key=lambda i: (letters_n[i], -i))
+        if _not_tied(letters_n, best):
+            assert max(range(4), key=lambda i: (f.candidate_logprobs[i], -i)) == best
+
+
+def test_gemma_contexts_start_with_bos_and_llama_ones_do_not(loaded, prompts) -> None:
+    tok = loaded.tokenizer
+    bos = tok.bos_token_id
+    model_type = loaded.model.config.model_type
+    for flavor in FLAVORS:
+        row = prompts.filter(pl.col("flavor") == flavor).row(0, named=True)
+        ctx = tokenize_row(row, tok, loaded.max_length, model_type).request.context
+        expect_bos = tok.bos_token == "<bos>" and flavor != "harness_e47e01b"
+        assert (ctx[0] == bos) == expect_bos, flavor
+
+
+def test_shard_is_resumable_and_identity_checked(loaded, prompts, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "cache" / "m" / "original" / "first2" / "part00.parquet"
+    shard = compute_shard(prompts, "m", loaded, "original", SUBJECTS, 2, out, progress=False)
+    assert shard.height == 4 and out.exists()
+    assert read_meta(out)["identity"]["flavor"] == "original"
+    assert shard["greedy_text"].to_list() == [
+        loaded.tokenizer.decode([i]) for i in shard["greedy_id"].to_list()]
+    parts = sorted((out.parent / "parts" / "part00").glob("*.parquet"))
+    assert [p.stem for p in parts] == SUBJECTS
+
+    # an interrupted job: the shard is gone, finished subjects stay; the rerun runs no model
+    out.unlink()
+    calls = []
+    real = engine.run_fast
+    monkeypatch.setattr(engine, "run_fast", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = compute_shard(prompts, "m", loaded, "original", SUBJECTS, 2, out, progress=False)
+    assert calls == [] and again.equals(shard)
+
+    # another model identity: finished parts are not reused
+    other = LoadedModel(**{**loaded.__dict__, "identity": {"source": "test", "name": "other"}})
+    compute_shard(prompts, "m", other, "original", SUBJECTS, 2, out, progress=False)
+    assert len(calls) == len(SUBJECTS)
+
+    # shards of one model with different identities are never mixed
+    out2 = tmp_path / "cache" / "m" / "helm" / "first2" / "part00.parquet"
+    compute_shard(prompts, "m", loaded, "helm", SUBJECTS, 2, out2, progress=False)
+    with pytest.raises(ValueError, match="refusing to mix shards of model 'm'"):
+        read_shards([out, out2])
