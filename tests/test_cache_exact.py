@@ -59,8 +59,7 @@ def _not_tied(values: list[float], i: int) -> bool:
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_fast_equals_naive_on_real_prompts(loaded, prompts, flavor) -> None:
     rows = prompts.filter(pl.col("flavor") == flavor).to_dicts()
-    model_type = loaded.model.config.model_type
-    toks = [tokenize_row(r, loaded.tokenizer, loaded.max_length, model_type) for r in rows]
+    toks = [tokenize_row(r, loaded.tokenizer, loaded.max_length) for r in rows]
     reqs = [t.request for t in toks]
     letters = letter_ids(loaded.tokenizer)
     stats = engine.EngineStats()
@@ -90,10 +89,9 @@ def test_fast_equals_naive_on_real_prompts(loaded, prompts, flavor) -> None:
 def test_gemma_contexts_start_with_bos_and_llama_ones_do_not(loaded, prompts) -> None:
     tok = loaded.tokenizer
     bos = tok.bos_token_id
-    model_type = loaded.model.config.model_type
     for flavor in FLAVORS:
         row = prompts.filter(pl.col("flavor") == flavor).row(0, named=True)
-        ctx = tokenize_row(row, tok, loaded.max_length, model_type).request.context
+        ctx = tokenize_row(row, tok, loaded.max_length).request.context
         expect_bos = tok.bos_token == "<bos>" and flavor != "harness_e47e01b"
         assert (ctx[0] == bos) == expect_bos, flavor
 

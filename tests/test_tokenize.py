@@ -52,17 +52,23 @@ def test_harness_e47e01b_separate_no_special(tok, rows) -> None:
     assert conts[4:] == r["continuations"]
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
-def test_harness_current_joint_and_gemma_bos(tok, rows, model_type) -> None:
+def test_harness_current_joint_with_default_special_tokens(tok, rows) -> None:
+    """lm-eval 0.4.13: the tokenizer's default special tokens (its 0.4.8 Gemma-only BOS rule is
+    gone), context and continuation encoded together and split."""
     r = rows["harness_current"]
-    t = tokenize_row(r, tok, max_length=4096, model_type=model_type)
-    special = model_type.startswith("gemma")
-    ctx = tok(r["prompt"], add_special_tokens=special).input_ids
+    t = tokenize_row(r, tok, max_length=4096)
+    ctx = tok(r["prompt"]).input_ids
     assert t.request.context == ctx
-    whole = tok(r["prompt"] + " B", add_special_tokens=special).input_ids
+    whole = tok(r["prompt"] + " B").input_ids
     assert t.request.continuations[1] == whole[len(ctx):]
-    if tok.bos_token == "<bos>":
-        assert (ctx[0] == tok.bos_token_id) == special
+    assert (ctx[0] == tok.bos_token_id) == (tok.bos_token == "<bos>")
+
+
+def test_harness_current_no_special_when_text_starts_with_prefix_token(tok, rows) -> None:
+    r = dict(rows["harness_current"])
+    r["prompt"] = tok.decode([tok.bos_token_id]) + r["prompt"]
+    t = tokenize_row(r, tok, max_length=4096)
+    assert t.request.context == tok(r["prompt"], add_special_tokens=False).input_ids
 
 
 def test_original_drops_shots_over_2048(questions) -> None:

@@ -117,12 +117,11 @@ def compute_shard(prompts: pl.DataFrame, model_name: str, loaded: Any, flavor: s
     ident = identity(loaded, flavor)
     tokenizer = loaded.tokenizer
     letters = get_letter_ids(tokenizer)
-    model_type = getattr(loaded.model.config, "model_type", None)
     frames = []
     for subject in subjects:
         subj_rows = rows.filter(pl.col("subject") == subject)
         prompt_rows = subj_rows.to_dicts()
-        tokenized = [tokenize_row(r, tokenizer, loaded.max_length, model_type)
+        tokenized = [tokenize_row(r, tokenizer, loaded.max_length)
                      for r in prompt_rows]
         expected = pl.DataFrame({"index": subj_rows["index"],
                                  "prompt_sha256": [sha256_text(t.prompt) for t in tokenized]})

@@ -10,7 +10,7 @@ scorer can be applied to any prompt flavor.
 | original | default (BOS if the tokenizer adds one) | joint, context exactly `tokenizer(prompt)` | drop last shot while > 2048 tokens |
 | helm | default | joint, context exactly `tokenizer(prompt)` | drop last shot while tokens(no special) + 1 > max length, then cut right |
 | harness_e47e01b | none | separate | left-truncate (ctx + cont)[-(L+1):][:-1] |
-| harness_current | none (BOS for Gemma models, as lm-eval does) | joint (trailing context whitespace moves into the continuation) | left-truncate |
+| harness_current | default, as lm-eval 0.4.13 (BOS where the tokenizer adds one) | joint (trailing context whitespace moves into the continuation) | left-truncate |
 """
 
 from __future__ import annotations
@@ -59,9 +59,14 @@ def letter_ids(tokenizer: Any) -> list[int | None]:
     return out
 
 
-def harness_current_adds_bos(model_type: str | None) -> bool:
-    """lm-eval's HFLM forces add_bos_token=True when "gemma" is in the config's model_type."""
-    return bool(model_type) and "gemma" in model_type
+def harness_current_special(tokenizer: Any, context: str) -> bool:
+    """lm-eval 0.4.13 `tok_encode`: the tokenizer's default special tokens (BOS where the
+    tokenizer adds one, e.g. Gemma, LLaMA; none for SmolLM2), except when the text already
+    starts with the decoded prefix token (BOS, else EOS)."""
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if prefix is not None and context.startswith(tokenizer.decode([prefix])):
+        return False
+    return True
 
 
 def encode_pair_joint(tokenizer: Any, context: str, continuation: str,
@@ -91,8 +96,7 @@ def _shots_that_fit(row: dict, fits) -> tuple[int, str]:
     return n, prompt
 
 
-def tokenize_row(row: dict, tokenizer: Any, max_length: int,
-                 model_type: str | None = None) -> Tokenized:
+def tokenize_row(row: dict, tokenizer: Any, max_length: int) -> Tokenized:
     """Apply the row's flavor token rule (see the module table) with this tokenizer."""
     flavor = row["flavor"]
     conts = scored_strings(list(row["choices"]))
@@ -116,7 +120,7 @@ def tokenize_row(row: dict, tokenizer: Any, max_length: int,
         cont_ids = [encode(tokenizer, c, False) for c in conts]
         return _finish(ctx, cont_ids, max_length, len(row["shots"]), False, prompt)
     if flavor == "harness_current":
-        special = harness_current_adds_bos(model_type)
+        special = harness_current_special(tokenizer, row["prompt"])
         return _joint(tokenizer, row["prompt"], conts, special, max_length,
                       len(row["shots"]), False)
     raise ValueError(f"no token rule for flavor {flavor!r}")

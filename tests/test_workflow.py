@@ -1,0 +1,95 @@
+"""The real Snakefile end to end on a tiny local model: outputs, no rework, resume, config errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from workflow_fixture import ROOT, SNAKEMAKE, make_tiny_model, snakemake, write_config
+
+SUBJECTS = ["abstract_algebra", "us_foreign_policy"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(questions, tmp_path_factory) -> Path:
+    return make_tiny_model(questions, tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("run")
+    write_config(work, tiny_model, SUBJECTS, 2)
+    snakemake(work, "--cores", "2")
+    return work
+
+
+def test_all_outputs_and_predictions(finished_run) -> None:
+    rep = finished_run / "reports"
+    for name in ["predictions.parquet", "scores.csv", "scores.md", "blog_comparison.md",
+                 "rank_comparison.png", "flips.csv", "matrix_tiny-llama.png",
+                 "subjects_tiny-llama.png"]:
+        assert (rep / name).stat().st_size > 0, name
+    pred = pl.read_parquet(rep / "predictions.parquet")
+    assert pred.columns == ["model", "prompt", "scorer", "subject", "index", "pred", "gold", "correct"]
+    assert pred.height == 1 * 4 * 5 * len(SUBJECTS) * 2
+    assert sorted(pred["subject"].unique().to_list()) == SUBJECTS
+    assert sorted(pred["index"].unique().to_list()) == [0, 1]
+    for flavor in ["original", "helm", "harness_e47e01b", "harness_current"]:
+        assert (finished_run / f"data/cache/tiny-llama/{flavor}/first2/part00.parquet").exists()
+    assert (finished_run / "logs/logits/tiny-llama/helm/first2/part00.log").stat().st_size > 0
+    info = (finished_run / "data/questions.json").read_text()
+    assert '"source": "local"' in info and "checksum_sha256" in info
+
+
+def test_second_run_does_no_work(finished_run) -> None:
+    res = snakemake(finished_run, "-n", "--cores", "2")
+    assert "Nothing to be done" in res.stdout + res.stderr
+
+
+def test_bad_config_is_named(finished_run) -> None:
+    for override, needle in [("flavors=[helmet]", "helmet"), ("bogus_key=1", "bogus_key"),
+                             ("models=[nope]", "'nope' is not an entry of model_registry"),
+                             ("questions_per_subject=zero", "questions_per_subject")]:
+        res = snakemake(finished_run, "-n", "--cores", "1", "--config", override, check=False)
+        assert res.returncode != 0, override
+        assert needle in res.stderr + res.stdout, (override, res.stderr[-2000:])
+
+
+def test_killed_job_keeps_finished_subjects(tiny_model, tmp_path) -> None:
+    """SIGKILL the logits job (as the OOM killer or scancel would) inside its second subject;
+    the rerun reuses the finished first subject and recomputes only the rest."""
+    import psutil
+
+    subjects = ["abstract_algebra", "high_school_european_history"]
+    write_config(tmp_path, tiny_model, subjects, 8, flavors=["harness_e47e01b"])
+    snakemake(tmp_path, "--cores", "1", "data/prompts/harness_e47e01b.parquet")
+    cmd = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "config.yaml"), "--cores", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    cache = tmp_path / "data/cache/tiny-llama/harness_e47e01b/first8"
+    first = cache / "parts/part00/abstract_algebra.parquet"
+    deadline = time.time() + 600
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        if "logits" in child.cmdline():
+            child.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=300) != 0 or (cache / "part00.parquet").exists()
+    if (cache / "part00.parquet").exists():
+        pytest.skip("the job finished before it could be killed")
+    assert first.exists()
+    assert not (cache / "parts/part00/high_school_european_history.parquet").exists()
+    assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]
+    mtime = first.stat().st_mtime_ns
+    snakemake(tmp_path, "--cores", "1")
+    log = (tmp_path / "logs/logits/tiny-llama/harness_e47e01b/first8/part00.log").read_text()
+    assert "reusing finished subject abstract_algebra" in log
+    assert first.stat().st_mtime_ns == mtime
+    assert pl.read_parquet(cache / "part00.parquet").height == 16
