@@ -133,3 +133,30 @@ def test_check_head_catches_unknown_scaling():
     model.forward = scaled_forward
     with pytest.raises(RuntimeError, match="differs"):
         check_head(model)
+
+
+def test_batch_backs_off_on_out_of_memory(model_and_requests, monkeypatch):
+    """A continuation batch that runs out of memory is retried at half the size; same numbers."""
+    from mmlu_flavors import engine
+
+    model, requests = model_and_requests
+    naive = run_naive(model, requests, LETTER_IDS)
+    real = engine._Fast.forward
+
+    def forward(self, ids, cache, pad=0):
+        if len(ids) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, ids, cache, pad)
+
+    monkeypatch.setattr(engine._Fast, "forward", forward)
+    stats = EngineStats()
+    fast = run_fast(model, requests, LETTER_IDS, batch_size=8, progress=False, stats=stats)
+    assert_same(fast, naive)
+    assert stats.extra["batch_size_backoffs"] == 2  # 8 -> 4 -> 2
+
+    def broken(self, ids, cache, pad=0):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(engine._Fast, "forward", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_fast(model, requests, LETTER_IDS, batch_size=8, progress=False)

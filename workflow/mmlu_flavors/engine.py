@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -30,6 +31,8 @@ from typing import Any, Sequence
 import torch
 
 from .tokenize import Request
+
+log = logging.getLogger(__name__)
 
 TOPK = 10
 MIN_SHARED_PREFIX = 32
@@ -198,6 +201,11 @@ def _copy_cache(cache: Any, batch: int = 1) -> Any:
     return new
 
 
+def _is_oom(error: BaseException) -> bool:
+    return (isinstance(error, MemoryError) or "out of memory" in str(error).lower()
+            or type(error).__name__ == "OutOfMemoryError")
+
+
 def _body(model: Any) -> Any:
     body = getattr(model, "model", None)
     return body if body is not None else model.get_decoder()
@@ -244,6 +252,16 @@ class _Fast:
         params = inspect.signature(self.body.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
 
+    def back_off(self, error: BaseException) -> None:
+        """Halve the batch after an out-of-memory error; re-raise anything else."""
+        if not _is_oom(error) or self.batch_size == 1:
+            raise error
+        self.batch_size //= 2
+        self.stats.extra["batch_size_backoffs"] = self.stats.extra.get("batch_size_backoffs", 0) + 1
+        log.warning("out of memory: continuation batch size reduced to %d", self.batch_size)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def forward(self, ids: Sequence[Sequence[int]], cache: Any, pad: int = 0) -> torch.Tensor:
         """Run rows of ids on top of `cache` (updated in place); final hidden states."""
         out = self.body(input_ids=_ids(ids, self.dev), use_cache=True, **{self.cache_kw: cache})
@@ -258,15 +276,21 @@ class _Fast:
         rows = [j for j, c in enumerate(r.continuations) if len(c) > 1]
         hidden = [h_ctx]
         tails: dict[int, torch.Tensor] = {}
-        for start in range(0, len(rows), self.batch_size):
+        start = 0
+        while start < len(rows):
             chunk = rows[start:start + self.batch_size]
             width = max(len(r.continuations[j]) - 1 for j in chunk)
             ids = [r.continuations[j][:-1] + [PAD_ID] * (width - len(r.continuations[j]) + 1)
                    for j in chunk]
             pad = sum(width - len(r.continuations[j]) + 1 for j in chunk)
-            h = self.forward(ids, _copy_cache(cache, len(chunk)), pad)
+            try:
+                h = self.forward(ids, _copy_cache(cache, len(chunk)), pad)
+            except (RuntimeError, MemoryError) as e:
+                self.back_off(e)
+                continue
             for k, j in enumerate(chunk):
                 tails[j] = h[k, :len(r.continuations[j]) - 1]
+            start += len(chunk)
         hidden += [tails[j] for j in rows]
         lp = torch.log_softmax(_head(self.model, torch.cat(hidden)), dim=-1)
         self.stats.head_positions += lp.shape[0]
