@@ -15,32 +15,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from mmlu_flavors.cache import CACHE_SCHEMA as _CACHE_SCHEMA
 from mmlu_flavors.io import atomic_write_parquet
 
 FLAVORS = ("original", "helm", "harness_e47e01b", "harness_current")
 
-CACHE_SCHEMA: dict[str, pl.DataType] = {
-    # identity
-    "model": pl.String(), "flavor": pl.String(), "subject": pl.String(), "index": pl.Int64(),
-    "gold": pl.Int8(), "prompt_sha256": pl.String(),
-    # bookkeeping
-    "n_shots": pl.Int64(), "context_tokens": pl.Int64(), "truncated": pl.Boolean(),
-    # answer position
-    "letter_ids": pl.List(pl.Int64), "letter_logprobs": pl.List(pl.Float64),
-    "greedy_id": pl.Int64(), "greedy_text": pl.String(), "greedy_logprob": pl.Float64(),
-    "topk_ids": pl.List(pl.Int64), "topk_logprobs": pl.List(pl.Float64),
-    # continuations " A".." D"
-    "letter_cont_ids": pl.List(pl.List(pl.Int64)),
-    "letter_cont_logprobs": pl.List(pl.List(pl.Float64)),
-    "letter_cont_greedy": pl.List(pl.List(pl.Boolean)),
-    "letter_cont_sum": pl.List(pl.Float64),
-    # continuations " " + choice text
-    "text_cont_ids": pl.List(pl.List(pl.Int64)),
-    "text_cont_logprobs": pl.List(pl.List(pl.Float64)),
-    "text_cont_greedy": pl.List(pl.List(pl.Boolean)),
-    "text_cont_sum": pl.List(pl.Float64),
-    "choice_chars": pl.List(pl.Int64), "choices": pl.List(pl.String),
-}
+CACHE_SCHEMA = dict(_CACHE_SCHEMA)  # the real shard schema (mmlu_flavors.cache)
 
 LETTER_IDS = [330, 365, 356, 422]  # arbitrary stand-ins for tokenizer("A").input_ids[-1] ...
 

@@ -59,19 +59,16 @@ def test_wrong_subject_count_named(mmlu_dir: Path, tmp_path: Path) -> None:
         load_questions(Source("local", str(d)))
 
 
-def test_row_without_four_choices(mmlu_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("rel, extra, message", [
+    ("test/anatomy_test.csv", "What?,a,b,c,A\n", r"anatomy_test\.csv: row 135 has 5 fields"),
+    ("dev/virology_dev.csv", "What?,a,b,c,d,E\n",
+     r"virology_dev\.csv: row 5: answer 'E' is not one of A, B, C, D"),
+])
+def test_bad_row_is_named(mmlu_dir: Path, tmp_path: Path, rel: str, extra: str, message: str) -> None:
     d = _copy(mmlu_dir, tmp_path)
-    p = d / "test" / "anatomy_test.csv"
-    p.write_text(p.read_text() + "What?,a,b,c,A\n")
-    with pytest.raises(MMLUDataError, match=r"anatomy_test\.csv: row 135 has 5 fields"):
-        load_questions(Source("local", str(d)))
-
-
-def test_bad_answer_letter(mmlu_dir: Path, tmp_path: Path) -> None:
-    d = _copy(mmlu_dir, tmp_path)
-    p = d / "dev" / "virology_dev.csv"
-    p.write_text(p.read_text() + "What?,a,b,c,d,E\n")
-    with pytest.raises(MMLUDataError, match=r"virology_dev\.csv: row 5: answer 'E' is not one of A, B, C, D"):
+    p = d / rel
+    p.write_text(p.read_text() + extra)
+    with pytest.raises(MMLUDataError, match=message):
         load_questions(Source("local", str(d)))
 
 
