@@ -7,7 +7,6 @@ n_boot)`; `output_names(models)` lists what it writes.
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from mmlu_flavors import stats as st  # noqa: E402
 from mmlu_flavors.categories import CATEGORY_NAMES  # noqa: E402
 from mmlu_flavors.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from mmlu_flavors.models import slugify  # noqa: E402
 from mmlu_flavors.reduce import FLAVORS, IMPLEMENTATIONS, SCORERS  # noqa: E402
 
 FULL_MMLU_TEST = 14042
@@ -42,8 +42,8 @@ IMPL_MARKERS: dict[str, str] = {
 
 
 def model_slug(model: str) -> str:
-    """File-name-safe model name used in `matrix_<slug>.png`, `subjects_<slug>.png`."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_") or "model"
+    """The model's path slug (as in the workflow's paths): `matrix_<slug>.png`, ..."""
+    return slugify(model)
 
 
 def output_names(models: Sequence[str]) -> list[str]:
