@@ -46,7 +46,7 @@ def test_write_all_files(tmp_path, blog_csv):
         assert f.is_file() and f.stat().st_size > 0, name
         if name.endswith(".png"):
             assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "matrix_tiny_model-a.png").exists()
+    assert (out / "matrix_tiny-model-a.png").exists()
     scores = pl.read_csv(out / "scores.csv")
     assert scores.height == 2 * 5
     assert {"model", "implementation", "averaging", "score", "score_lo", "score_hi", "micro",
