@@ -4,8 +4,17 @@ The cluster is started by ci/slurm/start.sh (installs slurm-wlm + munge via
 apt-get if missing; needs root).  Where that is impossible the tests SKIP with
 the reason; set MMLU_REQUIRE_SLURM=1 (CI) to turn those skips into failures.
 
+The snakemake-executor-plugin-slurm is not a dependency of the package: when it is missing
+the session fixture pip-installs the pinned version into this venv (MMLU_SLURM_NO_PIP=1
+turns that off, and the tests then skip).
+
+Tests: a toy 3-job workflow; scancel on the toy workflow; the REAL mmlu-flavors workflow on
+a tiny local model (2 subjects x 2 questions, 2 flavors, 4 logits jobs via sbatch) whose
+predictions and cache shards equal a local run's; scancel of a real logits job mid-shard
+(no shard, no *.tmp, the rerun submits only that job and reuses its finished subject).
+
 Run only these tests:   pytest -m slurm tests/test_slurm.py -v
-Cost: ~15 s per tiny workflow (status polling), ~1 min for the whole file.
+Cost (2-core VM): 29 s, 47 s, 78 s, 76 s: ~4 min for the file, SLURM already installed.
 """
 
 from __future__ import annotations
@@ -58,9 +67,23 @@ def _clean_env() -> dict:
     return env
 
 
+def _install_plugin() -> None:
+    """pip-install the pinned executor plugin into this venv (it is not a dependency of the
+    package; installing it changes no other package). MMLU_SLURM_NO_PIP=1 disables this."""
+    if os.environ.get("MMLU_SLURM_NO_PIP") == "1":
+        return
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
+                        "-q", PLUGIN_PIN], capture_output=True, text=True, timeout=300)
+    importlib.invalidate_caches()
+    if r.returncode != 0:
+        print(f"pip install {PLUGIN_PIN} failed:\n{r.stderr[-2000:]}")
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """Start (or reuse) the single-node SLURM; stop it afterwards if we started it."""
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        _install_plugin()
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         _require_or_skip(f"executor plugin not installed (pip install {PLUGIN_PIN})")
     if sys.platform != "linux":
@@ -227,3 +250,125 @@ def test_cancelled_job_leaves_no_output_and_only_it_reruns(slurm_cluster, tmp_pa
     assert {x: (wd / "out" / f"{x}.txt").stat().st_mtime_ns for x in "ab"} == mtimes
     assert r.stdout.count("submitted with SLURM jobid") == 1, r.stdout
     assert set(_summary(wd).values()) == {"ok"}
+
+
+# ---------------------------------------------------------------------------
+# The real mmlu-flavors workflow through `--executor slurm` on a tiny local model.
+# ---------------------------------------------------------------------------
+import polars as pl  # noqa: E402
+from polars.testing import assert_frame_equal  # noqa: E402
+
+from workflow_fixture import make_tiny_model, snakemake, write_config  # noqa: E402
+
+REAL_SUBJECTS = ["abstract_algebra", "us_foreign_policy"]
+REAL_FLAVORS = ["original", "harness_e47e01b"]
+
+
+def real_slurm(workdir: Path, *args: str, background: bool = False, timeout: float = 900):
+    """The real Snakefile in `workdir` (config.yaml there) via SLURM, like workflow_fixture."""
+    env = {**_clean_env(), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
+           "--profile", str(SLURM_PROFILE), *CI_SLURM_ARGS, "--jobs", "4", *args]
+    kw = dict(cwd=str(workdir), env=env, text=True, stdout=subprocess.PIPE,
+              stderr=subprocess.STDOUT)
+    if background:
+        return subprocess.Popen(cmd, **kw)
+    return subprocess.run(cmd, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(questions, tmp_path_factory) -> Path:
+    return make_tiny_model(questions, tmp_path_factory.mktemp("models") / "tiny")
+
+
+def _shards(workdir: Path) -> dict[str, pl.DataFrame]:
+    return {str(p.relative_to(workdir)): pl.read_parquet(p)
+            for p in sorted((workdir / "data" / "cache").glob("*/*/*/part*.parquet"))}
+
+
+def test_real_workflow_via_slurm_equals_local(slurm_cluster, tiny_model_dir, tmp_path):
+    """2 subjects x 2 questions, 2 flavors, one subject per shard: 4 logits jobs via sbatch;
+    predictions and every cache shard equal those of a local run of the same config."""
+    from mmlu_flavors.io import read_meta
+
+    runs = {}
+    for kind in ("local", "slurm"):
+        wd = tmp_path / kind
+        wd.mkdir()
+        write_config(wd, tiny_model_dir, REAL_SUBJECTS, 2, flavors=REAL_FLAVORS,
+                     subjects_per_shard=1)
+        t0 = time.monotonic()
+        if kind == "local":
+            snakemake(wd, "--profile", str(REPO / "profiles" / "local"), "--cores", "2")
+        else:
+            r = real_slurm(wd)
+            assert r.returncode == 0, r.stdout[-6000:]
+            assert r.stdout.count("submitted with SLURM jobid") == 4, r.stdout[-6000:]
+            # (the node has no GPU: a job asking for --gpus would be rejected by sbatch, so
+            # success also shows that the `device: cpu` entry requests none)
+        print(f"real workflow, {kind}: {time.monotonic() - t0:.1f} s")
+        runs[kind] = wd
+    local, slurm = runs["local"], runs["slurm"]
+    assert_frame_equal(pl.read_parquet(local / "reports/predictions.parquet"),
+                                  pl.read_parquet(slurm / "reports/predictions.parquet"))
+    a, b = _shards(local), _shards(slurm)
+    assert len(a) == len(REAL_FLAVORS) * len(REAL_SUBJECTS) and list(a) == list(b)
+    for path in a:
+        assert_frame_equal(a[path], b[path])
+        ma, mb = read_meta(local / path), read_meta(slurm / path)
+        assert ma.get("device") == mb.get("device") and ma.get("dtype") == mb.get("dtype")
+
+
+def _squeue_jobs(name_substring: str) -> list[tuple[str, str, str]]:
+    out = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i|%T|%k"],
+                         capture_output=True, text=True).stdout
+    rows = [line.split("|", 2) for line in out.splitlines() if line.count("|") >= 2]
+    return [tuple(r) for r in rows if name_substring in r[2]]
+
+
+def test_scancel_real_logits_job_leaves_no_partial_shard(slurm_cluster, tiny_model_dir, tmp_path):
+    """scancel a logits job in the middle of its second subject: its shard does not exist and
+    no *.tmp is left in the shard directory, the other job's shard is kept; the rerun submits
+    only the cancelled job, which reuses its finished first subject."""
+    subjects = ["abstract_algebra", "high_school_european_history", "us_foreign_policy"]
+    n = 24
+    write_config(tmp_path, tiny_model_dir, subjects, n, flavors=["harness_e47e01b"],
+                 subjects_per_shard=2)  # part00: algebra + european history, part01: policy
+    cache = tmp_path / f"data/cache/tiny-llama/harness_e47e01b/first{n}"
+    first = cache / "parts/part00/abstract_algebra.parquet"
+    target = f"wildcards_tiny-llama_harness_e47e01b_first{n}_part00"
+    p = real_slurm(tmp_path, "--retries", "0", background=True)
+    jobid = None
+    try:
+        deadline = time.monotonic() + 300
+        while not first.exists():  # the job finished its first subject
+            assert p.poll() is None, p.stdout.read()[-4000:]
+            assert time.monotonic() < deadline, "the logits job never got through a subject"
+            time.sleep(0.05)
+        running = [j for j in _squeue_jobs(target) if j[1] == "RUNNING"]
+        if running:
+            jobid = running[0][0]
+            subprocess.run(["scancel", jobid], check=True)
+        out, _ = p.communicate(timeout=400)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    if jobid is None or (cache / "part00.parquet").exists():
+        pytest.skip("the logits job finished before scancel reached it")
+    assert p.returncode != 0, out[-4000:]
+    assert re.search(rf"SLURM-job '{jobid}' failed, SLURM status is: 'CANCELLED", out), out[-4000:]
+    assert (cache / "part01.parquet").exists()          # the other job finished
+    assert not (cache / "part00.parquet").exists()      # no partial shard
+    assert not [q for q in cache.rglob("*") if q.name.endswith(".tmp")], list(cache.rglob("*"))
+    assert first.exists()                                # the finished subject is kept
+    mtimes = {q: q.stat().st_mtime_ns for q in (cache / "part01.parquet", first)}
+
+    r = real_slurm(tmp_path)
+    assert r.returncode == 0, r.stdout[-6000:]
+    assert r.stdout.count("submitted with SLURM jobid") == 1, r.stdout[-6000:]
+    assert {q: q.stat().st_mtime_ns for q in mtimes} == mtimes
+    log = (tmp_path / f"logs/logits/tiny-llama/harness_e47e01b/first{n}/part00.log").read_text()
+    assert "reusing finished subject abstract_algebra" in log
+    assert pl.read_parquet(cache / "part00.parquet").height == 2 * n
+    assert pl.read_parquet(tmp_path / "reports/predictions.parquet")["subject"].n_unique() == 3

@@ -19,9 +19,14 @@ rule logits:
         shard=r"part\d+",
     threads: config.get("threads_per_model_job", 2)
     resources:
-        mem_mb=lambda wc: model_resources(wc.model)["mem_mb"],
-        runtime=lambda wc: model_resources(wc.model)["runtime"],
-        gpu=lambda wc: model_resources(wc.model)["gpu"],
+        # derived from the model entry (mmlu_flavors/resources.py); gpu is None (unset: no
+        # --gpus at all) for device: cpu; constraint None = no -C
+        mem_mb=lambda wc: model_resources(wc.model, wc.flavor, wc.shard)["mem_mb"],
+        runtime=lambda wc: model_resources(wc.model, wc.flavor, wc.shard)["runtime"],
+        gpu=lambda wc: model_resources(wc.model, wc.flavor, wc.shard).get("gpu"),
+        slurm_partition=lambda wc: model_resources(wc.model, wc.flavor, wc.shard)["slurm_partition"],
+        slurm_account=lambda wc: model_resources(wc.model, wc.flavor, wc.shard)["slurm_account"],
+        constraint=lambda wc: model_resources(wc.model, wc.flavor, wc.shard).get("constraint"),
     conda:
         ENV
     log:

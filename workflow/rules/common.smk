@@ -1,7 +1,7 @@
 # Config resolution shared by all rules: selected models, subjects, shards, resources.
 
 import json
-import math
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -66,21 +66,29 @@ def cache_shards():
             for m in MODELS for f in FLAVORS for s in SHARDS]
 
 
-def model_resources(slug):
-    """Resources for a model job from its size: parameters x bytes per parameter + headroom."""
-    e = entry(slug)
-    bytes_per = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}[e.get("dtype", "auto")]
-    weights_gb = float(e.get("params_b", 1.0)) * bytes_per
-    need_gb = weights_gb * 1.2 + 2  # activations, KV cache of a few-shot prefix, CUDA context
-    gpus = e.get("gpus")
-    if gpus is None:
-        gpus = 0 if e.get("device", "auto") == "cpu" else max(1, math.ceil(need_gb / e.get("gpu_mem_gb", 80)))
-    res = {
-        "mem_mb": int(e.get("mem_mb", max(4000, (weights_gb * 1.5 + 4) * 1024))),
-        "runtime": int(e.get("runtime_min", max(30, 20 + 2 * weights_gb))),
-        "gpu": int(gpus),
-    }
-    for key in ("slurm_partition", "slurm_account", "constraint"):
-        if key in e:
-            res[key] = e[key]
+# ---- resources -------------------------------------------------------------------------
+# Data-stage jobs are small and may need the network (Hub dataset): they run on the
+# submitting host, like the reductions and report (scores.smk).
+localrules: questions, prompts
+
+
+def model_resources(slug, flavor=None, shard=None):
+    """Resources of one logits job (model x flavor x shard), derived from the model entry by
+    mmlu_flavors.resources (parameters x bytes per parameter of its dtype, headroom, and a
+    runtime from the shard's token count); the entry may override each (docs/cluster.md).
+    Partition and account fall back to the profile's environment variables: a rule-level
+    value replaces default-resources, so the fallback must be applied here."""
+    from mmlu_flavors import resources as _res
+
+    try:
+        res = _res.model_resources(entry(slug), flavor,
+                                   SHARDS[shard] if shard is not None else None, N_PER_SUBJECT)
+    except ValueError as e:
+        _fail(f"model_registry: {MODELS[slug]}: {e}")
+    env = os.environ
+    if "slurm_partition" not in res:
+        res["slurm_partition"] = ((env.get("MMLU_SLURM_GPU_PARTITION") if res.get("gpu") else "")
+                                  or env.get("MMLU_SLURM_PARTITION", ""))
+    if "slurm_account" not in res:
+        res["slurm_account"] = env.get("MMLU_SLURM_ACCOUNT", "")
     return res

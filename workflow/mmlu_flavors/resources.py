@@ -1,0 +1,402 @@
+"""Cluster resources of a logits job (model x flavor x shard of subjects), from the model entry.
+
+Pure functions (no Snakemake, no torch): `workflow/rules/common.smk` calls `model_resources`
+for every logits job, `bench/token_counts.py` and `tests/test_resources.py` use them directly.
+
+How each resource is derived (GiB = 2**30 bytes; an "80 GB" A100/H100 has 80 GiB):
+
+* weights = `params_b` x 1e9 x bytes per parameter of `dtype` (float32 4; bfloat16, float16
+  and `auto` 2 -- `auto` keeps the checkpoint's dtype, fp16/bf16 for every Hub LLM; an entry
+  without `dtype` loads as float32, as models.load_model does).
+* GPU memory needed = weights x 1.2 + 4 GiB (CUDA context and allocator slack per process,
+  the key/value cache of one few-shot prompt of <= 2048 tokens, a batch of 8 continuations,
+  fp32 log-softmax over the vocabulary at the scored positions).
+* `gpu` = ceil(needed / `gpu_mem_gb`) (default 80), rounded up to 1, 2, 4 or 8 (node shapes);
+  0 -- no GPU requested at all -- for `device: cpu`. An entry's `gpus` overrides. More than
+  one GPU needs `device_map: auto` in the entry (the model is split layer-wise over the
+  GPUs); without it the job would OOM on one GPU, so that is an error here. More than 8 GPUs
+  (one node) is an error: set `gpu_mem_gb` for larger GPUs or a smaller dtype.
+* `mem_mb` (host RAM) = weights x 1.25 + 4 GiB on GPU (safetensors are memory-mapped and
+  copied to the GPU tensor by tensor; a .bin checkpoint or a dtype cast needs ~1 extra copy of
+  the largest shard, hence 1.25), weights x 1.5 + 2 GiB on CPU (weights stay in RAM, plus
+  activations). An entry's `mem_mb` overrides.
+* `runtime` (minutes) = ceil(1.5 x (load + compute) / 60) + 10, rounded up to 5 minutes,
+  at least 15, where compute = 2 x params x tokens / ACHIEVED_FLOPS (forward FLOPs; the
+  engine runs one forward pass per prompt, so no backward/generation terms), tokens = the
+  tokens the engine runs for this shard's subjects and flavor (TOKEN_COUNTS, measured by
+  bench/token_counts.py on the full test set, scaled to `questions_per_subject`, times
+  TOKENIZER_FACTOR), plus the weight streaming of small forwards: every forward reads all
+  weights from GPU memory, questions x FORWARDS_PER_QUESTION x weights / HBM_BYTES_PER_S
+  (forwards of a few tokens are bandwidth-bound; counted in addition, conservatively), and
+  load = weights / LOAD_BYTES_PER_S + 60 s. With `device_map: auto`
+  the GPUs work one after another, so compute time does not shrink with more GPUs. An
+  entry's `runtime_min` overrides.
+* `slurm_partition`, `slurm_account`, `constraint` are passed through from the entry when
+  set (they override the profile's defaults for that model's jobs only).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
+GIB = 2**30
+GPU_HEADROOM = 1.2          # x weights
+GPU_FIXED_GIB = 4.0         # CUDA context, KV cache of one prompt, a continuation batch, logits
+DEFAULT_GPU_MEM_GB = 80     # per GPU (A100/H100 80GB); entry `gpu_mem_gb` overrides
+GPU_SHAPES = (1, 2, 4, 8)   # GPUs per node one job may ask for
+HOST_GPU_FACTOR, HOST_GPU_FIXED_GIB = 1.25, 4.0
+HOST_CPU_FACTOR, HOST_CPU_FIXED_GIB = 1.5, 2.0
+A100_PEAK_FLOPS = 312e12    # bf16/fp16 dense tensor-core peak
+ACHIEVED_FRACTION = 0.40    # assumed: prefill of a few hundred tokens at batch 1
+ACHIEVED_FLOPS = A100_PEAK_FLOPS * ACHIEVED_FRACTION
+CPU_FLOPS = 20e9            # a CPU job (2 threads, fp32); only the tiny test models run there
+LOAD_BYTES_PER_S = 0.5e9    # reading weights from a shared filesystem / HF cache
+HBM_BYTES_PER_S = 1.5e12    # achieved GPU memory bandwidth (A100-80GB peak 2.0 TB/s)
+FORWARDS_PER_QUESTION = 2   # context suffix, then one batch of continuations
+TOKENIZER_FACTOR = 1.2      # LLaMA-1 SentencePiece (32k) vs SmolLM2 BPE (49k): assumed
+RUNTIME_MARGIN, RUNTIME_FIXED_MIN, RUNTIME_MIN_MIN = 1.5, 10, 15
+TOKENS_PER_QUESTION_FALLBACK = 2000  # a subject missing from TOKEN_COUNTS
+
+
+def dtype_of(entry: dict[str, Any]) -> str:
+    return str(entry.get("dtype") or "float32")
+
+
+def weights_bytes(entry: dict[str, Any]) -> float:
+    return float(entry.get("params_b", 1.0)) * 1e9 * BYTES_PER_PARAM[dtype_of(entry)]
+
+
+def gpu_count(entry: dict[str, Any]) -> int:
+    """GPUs for this entry (0 for device: cpu); see the module docstring."""
+    if entry.get("gpus") is not None:
+        n = int(entry["gpus"])
+    elif str(entry.get("device") or "auto") == "cpu":
+        n = 0
+    else:
+        need_gib = weights_bytes(entry) / GIB * GPU_HEADROOM + GPU_FIXED_GIB
+        per_gpu = float(entry.get("gpu_mem_gb") or DEFAULT_GPU_MEM_GB)
+        raw = math.ceil(need_gib / per_gpu)
+        fits = [s for s in GPU_SHAPES if s >= raw]
+        if not fits:
+            raise ValueError(
+                f"needs {need_gib:.0f} GiB of GPU memory = {raw} GPUs of {per_gpu:g} GB: more "
+                f"than one node of {GPU_SHAPES[-1]}; set gpu_mem_gb, a smaller dtype or gpus")
+        n = fits[0]
+    if n > 1 and entry.get("device_map") != "auto":
+        raise ValueError(f"needs {n} GPUs, so the entry must set device_map: auto "
+                         "(or gpus: 1 / a larger gpu_mem_gb)")
+    return n
+
+
+def host_mem_mb(entry: dict[str, Any], gpus: int) -> int:
+    w = weights_bytes(entry) / GIB
+    gib = (w * HOST_GPU_FACTOR + HOST_GPU_FIXED_GIB if gpus
+           else w * HOST_CPU_FACTOR + HOST_CPU_FIXED_GIB)
+    return int(math.ceil(gib * 1024 / 100) * 100)
+
+
+def shard_tokens(flavor: str | None, subjects: Iterable[str] | None,
+                 questions_per_subject: int | None) -> float:
+    """Tokens the engine runs for one flavor over these subjects (first N questions of each),
+    in the models' tokenizers (TOKEN_COUNTS x TOKENIZER_FACTOR). No flavor: the mean flavor."""
+    flavors = [flavor] if flavor else list(TOKEN_COUNTS)
+    total = 0.0
+    for f in flavors:
+        table = TOKEN_COUNTS.get(f, {})
+        for s in (subjects if subjects is not None else table):
+            q, tokens = table.get(s, (100, 100 * TOKENS_PER_QUESTION_FALLBACK))
+            frac = 1.0 if questions_per_subject is None else min(questions_per_subject, q) / q
+            total += tokens * frac
+    return total / len(flavors) * TOKENIZER_FACTOR
+
+
+def shard_questions(subjects: Iterable[str] | None, questions_per_subject: int | None) -> int:
+    table = TOKEN_COUNTS.get("helm", {})
+    total = 0
+    for s in (subjects if subjects is not None else table):
+        q = table.get(s, (100, 0))[0]
+        total += q if questions_per_subject is None else min(q, questions_per_subject)
+    return total
+
+
+def load_seconds(entry: dict[str, Any]) -> float:
+    return weights_bytes(entry) / LOAD_BYTES_PER_S + 60
+
+
+def compute_seconds(entry: dict[str, Any], tokens: float, questions: int, gpus: int) -> float:
+    """Forward FLOPs at the assumed throughput, plus weight streaming on a GPU."""
+    flops = 2 * float(entry.get("params_b", 1.0)) * 1e9 * tokens
+    if not gpus:
+        return flops / CPU_FLOPS
+    stream = questions * FORWARDS_PER_QUESTION * weights_bytes(entry) / HBM_BYTES_PER_S
+    return flops / ACHIEVED_FLOPS + stream
+
+
+def runtime_minutes(entry: dict[str, Any], tokens: float, gpus: int, questions: int = 0) -> int:
+    compute = compute_seconds(entry, tokens, questions, gpus)
+    minutes = math.ceil(RUNTIME_MARGIN * (load_seconds(entry) + compute) / 60) + RUNTIME_FIXED_MIN
+    return max(RUNTIME_MIN_MIN, 5 * math.ceil(minutes / 5))
+
+
+def model_resources(entry: dict[str, Any], flavor: str | None = None,
+                    subjects: Iterable[str] | None = None,
+                    questions_per_subject: int | None = None) -> dict[str, Any]:
+    """Snakemake resources of one logits job. `gpu` is present only when > 0 (so a CPU job
+    asks SLURM for no GPU at all); partition/account/constraint only when the entry sets them."""
+    gpus = gpu_count(entry)
+    res: dict[str, Any] = {
+        "mem_mb": int(entry["mem_mb"]) if entry.get("mem_mb") else host_mem_mb(entry, gpus),
+        "runtime": (int(entry["runtime_min"]) if entry.get("runtime_min") else
+                    runtime_minutes(entry, shard_tokens(flavor, subjects, questions_per_subject),
+                                    gpus, shard_questions(subjects, questions_per_subject))),
+    }
+    if gpus > 0:
+        res["gpu"] = gpus
+    for key in ("slurm_partition", "slurm_account", "constraint"):
+        if entry.get(key):
+            res[key] = entry[key]
+    return res
+
+
+# BEGIN TOKEN_COUNTS (generated by bench/token_counts.py, tokenizer smollm2-135m-instruct)
+TOKEN_COUNTS = {
+    'original': {
+        'abstract_algebra': (100, 8260),
+        'anatomy': (135, 12978),
+        'astronomy': (152, 18928),
+        'business_ethics': (100, 11037),
+        'clinical_knowledge': (265, 26782),
+        'college_biology': (144, 16795),
+        'college_chemistry': (100, 12591),
+        'college_computer_science': (100, 15499),
+        'college_mathematics': (100, 11296),
+        'college_medicine': (173, 25360),
+        'college_physics': (102, 11820),
+        'computer_security': (100, 10272),
+        'conceptual_physics': (235, 14391),
+        'econometrics': (114, 18188),
+        'electrical_engineering': (145, 10425),
+        'elementary_mathematics': (378, 36891),
+        'formal_logic': (126, 21868),
+        'global_facts': (100, 8104),
+        'high_school_biology': (310, 37221),
+        'high_school_chemistry': (203, 26075),
+        'high_school_computer_science': (100, 17516),
+        'high_school_european_history': (165, 141908),
+        'high_school_geography': (198, 14044),
+        'high_school_government_and_politics': (193, 22822),
+        'high_school_macroeconomics': (390, 42455),
+        'high_school_mathematics': (270, 26396),
+        'high_school_microeconomics': (238, 27518),
+        'high_school_physics': (151, 22870),
+        'high_school_psychology': (545, 47749),
+        'high_school_statistics': (216, 41620),
+        'high_school_us_history': (204, 131119),
+        'high_school_world_history': (237, 93190),
+        'human_aging': (223, 15559),
+        'human_sexuality': (131, 10982),
+        'international_law': (121, 21509),
+        'jurisprudence': (108, 12232),
+        'logical_fallacies': (163, 17791),
+        'machine_learning': (112, 12737),
+        'management': (103, 6532),
+        'marketing': (234, 19429),
+        'medical_genetics': (100, 8580),
+        'miscellaneous': (783, 50482),
+        'moral_disputes': (346, 40555),
+        'moral_scenarios': (895, 72038),
+        'nutrition': (306, 35556),
+        'philosophy': (311, 30466),
+        'prehistory': (324, 34878),
+        'professional_accounting': (282, 43940),
+        'professional_law': (1534, 1144649),
+        'professional_medicine': (272, 60205),
+        'professional_psychology': (612, 72938),
+        'public_relations': (110, 8904),
+        'security_studies': (245, 79315),
+        'sociology': (201, 23088),
+        'us_foreign_policy': (100, 10352),
+        'virology': (166, 14233),
+        'world_religions': (171, 9719),
+    },
+    'helm': {
+        'abstract_algebra': (100, 8271),
+        'anatomy': (135, 12982),
+        'astronomy': (152, 18932),
+        'business_ethics': (100, 10858),
+        'clinical_knowledge': (265, 26779),
+        'college_biology': (144, 16793),
+        'college_chemistry': (100, 12602),
+        'college_computer_science': (100, 15504),
+        'college_mathematics': (100, 11305),
+        'college_medicine': (173, 25353),
+        'college_physics': (102, 11828),
+        'computer_security': (100, 10279),
+        'conceptual_physics': (235, 14390),
+        'econometrics': (114, 18198),
+        'electrical_engineering': (145, 10423),
+        'elementary_mathematics': (378, 36850),
+        'formal_logic': (126, 21791),
+        'global_facts': (100, 8111),
+        'high_school_biology': (310, 37212),
+        'high_school_chemistry': (203, 26073),
+        'high_school_computer_science': (100, 17525),
+        'high_school_european_history': (165, 137211),
+        'high_school_geography': (198, 14048),
+        'high_school_government_and_politics': (193, 22832),
+        'high_school_macroeconomics': (390, 42434),
+        'high_school_mathematics': (270, 26382),
+        'high_school_microeconomics': (238, 27519),
+        'high_school_physics': (151, 22878),
+        'high_school_psychology': (545, 47704),
+        'high_school_statistics': (216, 41625),
+        'high_school_us_history': (204, 73082),
+        'high_school_world_history': (237, 93201),
+        'human_aging': (223, 15553),
+        'human_sexuality': (131, 10971),
+        'international_law': (121, 21519),
+        'jurisprudence': (108, 12233),
+        'logical_fallacies': (163, 17794),
+        'machine_learning': (112, 12747),
+        'management': (103, 6539),
+        'marketing': (234, 19213),
+        'medical_genetics': (100, 8580),
+        'miscellaneous': (783, 50476),
+        'moral_disputes': (346, 40565),
+        'moral_scenarios': (895, 72049),
+        'nutrition': (306, 35542),
+        'philosophy': (311, 29762),
+        'prehistory': (324, 34858),
+        'professional_accounting': (282, 43922),
+        'professional_law': (1534, 1232619),
+        'professional_medicine': (272, 60216),
+        'professional_psychology': (612, 72909),
+        'public_relations': (110, 8912),
+        'security_studies': (245, 79322),
+        'sociology': (201, 23065),
+        'us_foreign_policy': (100, 10361),
+        'virology': (166, 14235),
+        'world_religions': (171, 9576),
+    },
+    'harness_e47e01b': {
+        'abstract_algebra': (100, 43241),
+        'anatomy': (135, 62093),
+        'astronomy': (152, 89598),
+        'business_ethics': (100, 49843),
+        'clinical_knowledge': (265, 126774),
+        'college_biology': (144, 74877),
+        'college_chemistry': (100, 65447),
+        'college_computer_science': (100, 74056),
+        'college_mathematics': (100, 61816),
+        'college_medicine': (173, 109970),
+        'college_physics': (102, 63084),
+        'computer_security': (100, 68004),
+        'conceptual_physics': (235, 79132),
+        'econometrics': (114, 83044),
+        'electrical_engineering': (145, 59419),
+        'elementary_mathematics': (378, 215417),
+        'formal_logic': (126, 110724),
+        'global_facts': (100, 45189),
+        'high_school_biology': (310, 182700),
+        'high_school_chemistry': (203, 148468),
+        'high_school_computer_science': (100, 69403),
+        'high_school_european_history': (165, 2629217),
+        'high_school_geography': (198, 70228),
+        'high_school_government_and_politics': (193, 102746),
+        'high_school_macroeconomics': (390, 207926),
+        'high_school_mathematics': (270, 152590),
+        'high_school_microeconomics': (238, 121676),
+        'high_school_physics': (151, 116545),
+        'high_school_psychology': (545, 251285),
+        'high_school_statistics': (216, 180789),
+        'high_school_us_history': (204, 1513493),
+        'high_school_world_history': (237, 3539109),
+        'human_aging': (223, 82761),
+        'human_sexuality': (131, 50986),
+        'international_law': (121, 102886),
+        'jurisprudence': (108, 61043),
+        'logical_fallacies': (163, 81978),
+        'machine_learning': (112, 67286),
+        'management': (103, 33502),
+        'marketing': (234, 108875),
+        'medical_genetics': (100, 47714),
+        'miscellaneous': (783, 282101),
+        'moral_disputes': (346, 201114),
+        'moral_scenarios': (895, 619418),
+        'nutrition': (306, 154731),
+        'philosophy': (311, 151631),
+        'prehistory': (324, 189954),
+        'professional_accounting': (282, 235257),
+        'professional_law': (1534, 4930955),
+        'professional_medicine': (272, 325294),
+        'professional_psychology': (612, 395999),
+        'public_relations': (110, 60813),
+        'security_studies': (245, 317085),
+        'sociology': (201, 109521),
+        'us_foreign_policy': (100, 53487),
+        'virology': (166, 89296),
+        'world_religions': (171, 55094),
+    },
+    'harness_current': {
+        'abstract_algebra': (100, 8259),
+        'anatomy': (135, 12977),
+        'astronomy': (152, 18927),
+        'business_ethics': (100, 10847),
+        'clinical_knowledge': (265, 26781),
+        'college_biology': (144, 16794),
+        'college_chemistry': (100, 12590),
+        'college_computer_science': (100, 15498),
+        'college_mathematics': (100, 11295),
+        'college_medicine': (173, 25358),
+        'college_physics': (102, 11819),
+        'computer_security': (100, 10271),
+        'conceptual_physics': (235, 14390),
+        'econometrics': (114, 18187),
+        'electrical_engineering': (145, 10424),
+        'elementary_mathematics': (378, 36890),
+        'formal_logic': (126, 21698),
+        'global_facts': (100, 8103),
+        'high_school_biology': (310, 37220),
+        'high_school_chemistry': (203, 26074),
+        'high_school_computer_science': (100, 17515),
+        'high_school_european_history': (165, 3041280),
+        'high_school_geography': (198, 14043),
+        'high_school_government_and_politics': (193, 22821),
+        'high_school_macroeconomics': (390, 42453),
+        'high_school_mathematics': (270, 26395),
+        'high_school_microeconomics': (238, 27517),
+        'high_school_physics': (151, 22869),
+        'high_school_psychology': (545, 47748),
+        'high_school_statistics': (216, 41618),
+        'high_school_us_history': (204, 3760128),
+        'high_school_world_history': (237, 93189),
+        'human_aging': (223, 15558),
+        'human_sexuality': (131, 10980),
+        'international_law': (121, 21508),
+        'jurisprudence': (108, 12231),
+        'logical_fallacies': (163, 17790),
+        'machine_learning': (112, 12735),
+        'management': (103, 6531),
+        'marketing': (234, 19090),
+        'medical_genetics': (100, 8578),
+        'miscellaneous': (783, 50481),
+        'moral_disputes': (346, 40261),
+        'moral_scenarios': (895, 72035),
+        'nutrition': (306, 35244),
+        'philosophy': (311, 29850),
+        'prehistory': (324, 34877),
+        'professional_accounting': (282, 43939),
+        'professional_law': (1534, 749019),
+        'professional_medicine': (272, 60204),
+        'professional_psychology': (612, 72937),
+        'public_relations': (110, 8901),
+        'security_studies': (245, 79314),
+        'sociology': (201, 23085),
+        'us_foreign_policy': (100, 10351),
+        'virology': (166, 14232),
+        'world_religions': (171, 9477),
+    },
+}
+# END TOKEN_COUNTS
