@@ -12,6 +12,9 @@ rule questions:
         revision=config.get("hub_revision") or "",
     conda:
         ENV
+    resources:
+        mem_mb=4000,
+        runtime=15,
     log:
         "logs/questions.log",
     shell:
@@ -30,6 +33,9 @@ rule prompts:
         flavor="|".join(FLAVORS),
     conda:
         ENV
+    resources:
+        mem_mb=4000,
+        runtime=15,
     log:
         "logs/prompts/{flavor}.log",
     shell:

@@ -12,5 +12,6 @@ rule convert_gguf:
         "logs/convert/{model}.log",
     resources:
         mem_mb=8000,
+        runtime=30,
     shell:
         "{PY} convert --entry {params.entry:q} --out {output:q} 2> {log:q}"

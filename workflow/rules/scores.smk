@@ -18,6 +18,9 @@ rule predictions:
         "reports/predictions.parquet",
     conda:
         ENV
+    resources:
+        mem_mb=8000,
+        runtime=30,
     log:
         "logs/predictions.log",
     shell:
@@ -42,6 +45,9 @@ rule report:
         samples=config.get("bootstrap_samples", 1000),
     conda:
         ENV
+    resources:
+        mem_mb=8000,
+        runtime=30,
     log:
         "logs/report.log",
     shell:
