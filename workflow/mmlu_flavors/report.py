@@ -322,8 +322,8 @@ def plot_subjects(s: st.Stats, model: str, path: Path) -> None:
             ax.axhline(k - 0.5, color="gray", lw=0.8)
     for c in dict.fromkeys(cats):
         ks = [k for k, cc in enumerate(cats) if cc == c]
-        ax.text(1.01, (min(ks) + max(ks)) / 2, c, transform=ax.get_yaxis_transform(),
-                rotation=-90, va="center", ha="left", fontsize=9, color="dimgray")
+        ax.text(1.01, min(ks) - 0.45, c.split(" (")[0], transform=ax.get_yaxis_transform(),
+                va="top", ha="left", fontsize=8.5, color="dimgray", fontweight="bold")
     ax.axvline(0.25, color="black", ls=":", lw=1, label="chance (0.25)")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(len(names) - 0.3, -0.7)  # first category on top
