@@ -76,7 +76,7 @@ def real_requests(lm, flavor: str, mmlu_dir: Path, subjects: list[str], question
 
     qs = read_local(mmlu_dir, subjects)
     prompts = build_prompts(qs, flavor, subjects=subjects, questions_per_subject=questions)
-    return [tokenize_row(row, lm.tokenizer, lm.max_length, lm.model.config.model_type).request
+    return [tokenize_row(row, lm.tokenizer, lm.max_length).request
             for row in prompts.iter_rows(named=True)]
 
 

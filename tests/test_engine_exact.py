@@ -121,6 +121,7 @@ def test_check_head_catches_unknown_scaling():
     check_head(model)
     lm_head = model.lm_head
     model.lm_head = torch.nn.Sequential(lm_head)  # same module path, same numbers
+    model._mmlu_flavors_head_ok = False
     check_head(model)
 
     orig_forward = model.forward
@@ -131,6 +132,8 @@ def test_check_head_catches_unknown_scaling():
         return out
 
     model.forward = scaled_forward
+    check_head(model)  # checked once per model object: no second forward
+    model._mmlu_flavors_head_ok = False
     with pytest.raises(RuntimeError, match="differs"):
         check_head(model)
 

@@ -225,7 +225,9 @@ def _head(model: Any, hidden: torch.Tensor) -> torch.Tensor:
 def check_head(model: Any, tokens: Sequence[int] = (1, 2, 3, 4, 5, 6, 7, 8),
                atol: float = 1e-4) -> None:
     """Raise if `body + _head` does not reproduce `model(ids).logits` (e.g. an architecture
-    that scales logits in a way `_head` does not know)."""
+    that scales logits in a way `_head` does not know). Checked once per model object."""
+    if getattr(model, "_mmlu_flavors_head_ok", False):
+        return
     with torch.inference_mode():
         ids = _ids([t % model.config.get_text_config().vocab_size for t in tokens],
                    _device(model))
@@ -235,6 +237,7 @@ def check_head(model: Any, tokens: Sequence[int] = (1, 2, 3, 4, 5, 6, 7, 8),
         diff = float((ref - got).abs().max())
         raise RuntimeError(f"{type(model).__name__}: body + lm_head differs from the full "
                            f"forward by {diff:g}; run_fast does not support this head")
+    model._mmlu_flavors_head_ok = True
 
 
 class _Fast:
