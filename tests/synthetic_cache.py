@@ -18,7 +18,7 @@ import polars as pl
 from mmlu_flavors.cache import CACHE_SCHEMA as _CACHE_SCHEMA
 from mmlu_flavors.io import atomic_write_parquet
 
-FLAVORS = ("original", "helm", "harness_e47e01b", "harness_current")
+from mmlu_flavors.reduce import FLAVORS
 
 CACHE_SCHEMA = dict(_CACHE_SCHEMA)  # the real shard schema (mmlu_flavors.cache)
 

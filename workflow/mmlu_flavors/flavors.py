@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from itertools import cycle
 from typing import Callable, Sequence
 
-LETTERS = ("A", "B", "C", "D")
+from .data import LETTERS
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,6 @@ def load_model(entry: dict[str, Any], model_dir: str | Path | None = None,
                name: str | None = None) -> LoadedModel:
     """Load an entry's model (eval mode) and tokenizer. `model_dir` is the converted
     directory of a GGUF entry (see `convert_gguf`); hub and local entries ignore it."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _source(entry, name)

@@ -14,20 +14,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from mmlu_flavors.data import LETTERS
+from mmlu_flavors.flavors import FLAVORS as _FLAVOR_DEFS
 
-LETTERS = ("A", "B", "C", "D")
 SCORERS: tuple[str, ...] = (
     "letter_argmax", "greedy_token", "loglik_acc", "loglik_acc_norm", "loglik_letter",
 )
-FLAVORS: tuple[str, ...] = ("original", "helm", "harness_e47e01b", "harness_current")
+FLAVORS: tuple[str, ...] = tuple(_FLAVOR_DEFS)
 
 # published implementation (prompt flavor) -> its own scorer
-DIAGONAL: dict[str, str] = {
-    "original": "letter_argmax",
-    "helm": "greedy_token",
-    "harness_e47e01b": "loglik_acc",
-    "harness_current": "loglik_letter",
-}
+DIAGONAL: dict[str, str] = {name: f.scorer for name, f in _FLAVOR_DEFS.items()}
 
 # names used in tables -> (prompt flavor, scorer); harness e47e01b has two metrics
 IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
