@@ -40,7 +40,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import csv
 import json
 import tempfile
 import time
@@ -49,37 +48,11 @@ from typing import Any
 
 LMEVAL_VERSION = "0.4.13"
 TASK_DIR = Path(__file__).resolve().parent / "lmeval_task"
-SPLITS = {"test": "test", "validation": "val", "dev": "dev"}  # HF split -> CSV dir
-LETTERS = ["A", "B", "C", "D"]
 
 
 # ----------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------
-
-
-def read_csv_rows(mmlu_dir: str | Path, split_dir: str, subject: str) -> list[list[str]]:
-    """Rows of ``{split_dir}/{subject}_{split_dir}.csv`` as raw strings (no NA parsing)."""
-    path = Path(mmlu_dir) / split_dir / f"{subject}_{split_dir}.csv"
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    for i, row in enumerate(rows):
-        if len(row) != 6 or row[5] not in LETTERS:
-            raise ValueError(f"{path}:{i}: expected 6 cells ending in A-D, got {row!r}")
-    return rows
-
-
-def _features():
-    import datasets
-
-    return datasets.Features(
-        {
-            "question": datasets.Value("string"),
-            "subject": datasets.Value("string"),
-            "choices": datasets.List(datasets.Value("string")),
-            "answer": datasets.ClassLabel(names=LETTERS),
-        }
-    )
 
 
 def write_local_dataset(
@@ -90,40 +63,19 @@ def write_local_dataset(
     Layout::
 
         out_dir/data/README.md                      configs: one per subject
-        out_dir/data/{subject}/{test,validation,dev}.parquet
+        out_dir/data/{subject}/{test,validation,dev}-00000-of-00001.parquet
         out_dir/tasks/mmlu_{subject}.yaml           include vendored yaml + dataset_path
 
     Returns ``out_dir/tasks`` (pass it as lm-eval's ``include_path``).
     """
-    import datasets
+    from mmlu_flavors.data import read_local, save_hub_layout
 
     out_dir = Path(out_dir).resolve()
     data_dir = out_dir / "data"
     task_out = out_dir / "tasks"
-    data_dir.mkdir(parents=True, exist_ok=True)
     task_out.mkdir(parents=True, exist_ok=True)
-    feats = _features()
-
-    readme = ["---", "configs:"]
+    save_hub_layout(read_local(mmlu_dir, subjects), data_dir)  # raw strings, cais/mmlu features
     for subject in subjects:
-        (data_dir / subject).mkdir(exist_ok=True)
-        readme.append(f"- config_name: {subject}")
-        readme.append("  data_files:")
-        for split, split_dir in SPLITS.items():
-            rows = read_csv_rows(mmlu_dir, split_dir, subject)
-            ds = datasets.Dataset.from_dict(
-                {
-                    "question": [r[0] for r in rows],
-                    "subject": [subject] * len(rows),
-                    "choices": [r[1:5] for r in rows],
-                    "answer": [LETTERS.index(r[5]) for r in rows],
-                },
-                features=feats,
-            )
-            ds.to_parquet(str(data_dir / subject / f"{split}.parquet"))
-            readme.append(f"  - split: {split}")
-            readme.append(f"    path: {subject}/{split}.parquet")
-
         vendored = TASK_DIR / f"mmlu_{subject}.yaml"
         if not vendored.exists():
             raise FileNotFoundError(f"no vendored lm-eval task yaml {vendored}")
@@ -133,8 +85,6 @@ def write_local_dataset(
             f"dataset_path: {json.dumps(str(data_dir))}\n"
             f"dataset_kwargs:\n  cache_dir: {json.dumps(str(out_dir / 'hf_cache'))}\n"
         )
-    readme.append("---")
-    (data_dir / "README.md").write_text("\n".join(readme) + "\n")
     return task_out
 
 
@@ -162,19 +112,24 @@ def _check_version() -> None:
 def _samples_to_rows(
     samples: dict[str, list[dict]], mmlu_dir: str | Path, subjects: list[str]
 ) -> list[dict[str, Any]]:
+    import polars as pl
+
+    from mmlu_flavors.data import read_local
+
+    test = read_local(mmlu_dir, subjects).filter(pl.col("split") == "test")
     out = []
     for subject in subjects:
         task = f"mmlu_{subject}"
-        csv_rows = read_csv_rows(mmlu_dir, "test", subject)
+        csv_rows = test.filter(pl.col("subject") == subject).sort("index").to_dicts()
         for s in sorted(samples[task], key=lambda s: s["doc_id"]):
             idx = int(s["doc_id"])
             doc = s["doc"]
             # doc_id is the position in the (unshuffled) test split = CSV row
             row = csv_rows[idx]
-            if doc["question"] != row[0] or list(doc["choices"]) != row[1:5]:
+            if doc["question"] != row["question"] or list(doc["choices"]) != row["choices"]:
                 raise AssertionError(f"{task} doc_id {idx} is not CSV row {idx}")
-            if int(s["target"]) != LETTERS.index(row[5]):
-                raise AssertionError(f"{task} doc_id {idx}: target {s['target']} != {row[5]}")
+            if int(s["target"]) != row["answer"]:
+                raise AssertionError(f"{task} doc_id {idx}: target {s['target']} != {row['answer']}")
             loglik = [float(r[0]) for r in s["filtered_resps"]]
             pred = max(range(len(loglik)), key=lambda i: loglik[i])
             out.append(

@@ -208,7 +208,15 @@ def table_checksum(df: pl.DataFrame) -> str:
 
 
 def save_hub_layout(questions: pl.DataFrame, out_dir: Path | str) -> Path:
-    """Write questions in the Hub repository's layout (one config per subject), for offline use."""
+    """Write questions in the Hub repository's layout and features (one config per subject,
+    `answer` a ClassLabel A-D, as `cais/mmlu`), for offline use by `datasets` and lm-eval."""
+    import datasets
+
+    features = datasets.Features({
+        "question": datasets.Value("string"), "subject": datasets.Value("string"),
+        "choices": datasets.List(datasets.Value("string")),
+        "answer": datasets.ClassLabel(names=list(LETTERS)),
+    })
     out_dir = Path(out_dir)
     configs = []
     for subject in sorted(questions["subject"].unique().to_list()):
@@ -219,7 +227,8 @@ def save_hub_layout(questions: pl.DataFrame, out_dir: Path | str) -> Path:
                                           pl.col("answer").cast(pl.Int64)))
             rel = f"{subject}/{HUB_SPLIT[split]}-00000-of-00001.parquet"
             (out_dir / subject).mkdir(parents=True, exist_ok=True)
-            part.write_parquet(out_dir / rel)
+            datasets.Dataset.from_dict(part.to_dict(as_series=False),
+                                       features=features).to_parquet(str(out_dir / rel))
             files.append(f"  - split: {HUB_SPLIT[split]}\n    path: {rel}")
         configs.append(f"- config_name: {subject}\n  data_files:\n" + "\n".join(files))
     (out_dir / "README.md").write_text("---\nconfigs:\n" + "\n".join(configs) + "\n---\n")
