@@ -46,36 +46,11 @@ import polars as pl  # noqa: E402
 
 from mmlu_flavors import resources  # noqa: E402
 from mmlu_flavors.data import SUBJECTS  # noqa: E402
-from mmlu_flavors.engine import MIN_SHARED_PREFIX, _needs_truncation, group_by_prefix  # noqa: E402
+from mmlu_flavors.engine import planned_tokens  # noqa: E402
 from mmlu_flavors.tokenize import tokenize_row  # noqa: E402
 
 from mmlu_flavors.reduce import FLAVORS  # noqa: E402
 BLOG_MODELS = ROOT / "blog.yaml"
-
-
-def engine_tokens(requests, batch_size: int) -> tuple[int, int]:
-    """Tokens run_fast feeds through the model for these requests (in this order), and the
-    number of naive fallbacks. Mirrors engine.run_fast / _Fast.request / _naive_one."""
-    total = fallbacks = 0
-    for prefix_len, members in group_by_prefix(requests, MIN_SHARED_PREFIX):
-        prefix_done = False
-        for i in members:
-            r = requests[i]
-            if _needs_truncation(r):
-                fallbacks += 1
-                total += len(r.context[-r.max_length:])
-                total += sum(len((list(r.context) + list(c))[-(r.max_length + 1):][:-1])
-                             for c in r.continuations if c)
-                continue
-            if prefix_len and not prefix_done:
-                total += prefix_len
-                prefix_done = True
-            total += len(r.context) - (prefix_len if prefix_done else 0)
-            rows = [len(c) - 1 for c in r.continuations if len(c) > 1]
-            for s in range(0, len(rows), batch_size):
-                chunk = rows[s:s + batch_size]
-                total += len(chunk) * max(chunk)
-    return total, fallbacks
 
 
 def count(prompts_dir: Path, tokenizer, max_length: int, batch_size: int) -> pl.DataFrame:
@@ -87,7 +62,7 @@ def count(prompts_dir: Path, tokenizer, max_length: int, batch_size: int) -> pl.
             rows = df.filter(pl.col("subject") == subject).to_dicts()
             tok = [tokenize_row(r, tokenizer, max_length) for r in rows]
             reqs = [t.request for t in tok]
-            eng, naive = engine_tokens(reqs, batch_size)
+            eng, naive = planned_tokens(reqs, batch_size)
             out.append(dict(
                 flavor=flavor, subject=subject, questions=len(reqs),
                 context_tokens=sum(len(r.context) for r in reqs),

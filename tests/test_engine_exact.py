@@ -70,6 +70,16 @@ def test_fast_equals_naive(model_and_requests):
         assert sum(math.exp(v) for v in res.topk_logprobs) <= 1.0 + 1e-5
 
 
+def test_planned_tokens_match_what_run_fast_runs(model_and_requests):
+    from mmlu_flavors.engine import planned_tokens
+
+    model, requests = model_and_requests
+    for batch in (1, 3, 8):
+        stats = EngineStats()
+        run_fast(model, requests, LETTER_IDS, batch_size=batch, progress=False, stats=stats)
+        assert planned_tokens(requests, batch) == (stats.tokens, stats.naive_fallbacks)
+
+
 def test_fast_does_less_work(model_and_requests):
     model, requests = model_and_requests
     s_naive, s_fast = EngineStats(), EngineStats()

@@ -310,6 +310,32 @@ class _Fast:
         return _result(answer, scores)
 
 
+def planned_tokens(requests: Sequence[Request], batch_size: int = 8,
+                   min_prefix: int = MIN_SHARED_PREFIX) -> tuple[int, int]:
+    """(tokens, naive fallbacks) that `run_fast` will run for these requests, without a
+    model: padding included, no out-of-memory back-off. Used to size cluster jobs."""
+    total = fallbacks = 0
+    for prefix_len, members in group_by_prefix(requests, min_prefix):
+        prefix_done = False
+        for i in members:
+            r = requests[i]
+            if _needs_truncation(r):
+                fallbacks += 1
+                total += len(r.context[-r.max_length:])
+                total += sum(len((list(r.context) + list(c))[-(r.max_length + 1):][:-1])
+                             for c in r.continuations if c)
+                continue
+            if prefix_len and not prefix_done:
+                total += prefix_len
+                prefix_done = True
+            total += len(r.context) - (prefix_len if prefix_done else 0)
+            rows = [len(c) - 1 for c in r.continuations if len(c) > 1]
+            for s in range(0, len(rows), batch_size):
+                chunk = rows[s:s + batch_size]
+                total += len(chunk) * max(chunk)
+    return total, fallbacks
+
+
 def run_fast(model: Any, requests: Sequence[Request], letter_ids: Sequence[int | None],
              batch_size: int = 8, progress: bool = True, stats: EngineStats | None = None,
              min_prefix: int = MIN_SHARED_PREFIX) -> list[EngineResult]:
