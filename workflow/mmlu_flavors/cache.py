@@ -1,21 +1,39 @@
-"""The logits cache: one forward pass per (model, flavor, question), kept as Parquet.
+"""The logits cache: model outputs keyed by what determines them, reused by every run.
 
-A shard job computes its subjects one at a time; each finished subject is written
-atomically to `parts/{subject}.parquet` beside the shard, so a killed job resumes without
-recomputing finished subjects. A part is reused only if its identity (model, tokenizer,
-dtype, flavor, prompt hashes) matches; the shard is the concatenation of its parts.
+Two layers (docs/ARCHITECTURE.md, "Logits cache"):
+
+* the **store**, `{store}/{model_key}/{flavor}/{subject}/{segment}.parquet`: immutable
+  segments, each written atomically, one row per computed model input. `model_key` names the
+  model's fingerprint (weights and tokenizer, dtype, device kind; `models.fingerprint`); a row
+  is found by `input_key`, the SHA-256 of the exact model input (context ids, continuation
+  ids, max length, letter ids). A row is reused whenever its key matches, whatever selection,
+  shard layout or run produced it. Segments are checked on read (readable, expected columns,
+  same model key and flavor); a damaged or foreign one is moved aside and its questions are
+  recomputed.
+* a **view**, `data/cache/{model}/{flavor}/{selection}/{shard}.parquet`: the selected
+  questions' rows (`CACHE_SCHEMA`), assembled from the store; what the reductions read.
+
+A job tokenizes its questions (tokenizer only), looks their keys up, loads the model only if
+something is missing, computes the missing questions in checkpoints of
+`checkpoint_questions` (a SIGKILL loses at most one checkpoint), and logs
+`computed N, reused M questions`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from .io import atomic_write_parquet, read_meta, sha256_text
+from .io import atomic_write_parquet, atomic_write_text, read_meta, sha256_text
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +54,48 @@ CACHE_SCHEMA = {
     "text_cont_sum": pl.List(pl.Float64),
     "choice_chars": pl.List(pl.Int64), "choices": pl.List(pl.String),
 }
+# the view columns that come from tokenizing the prompt row, not from the model
+_ROW_COLUMNS = ("model", "flavor", "subject", "index", "gold", "prompt_sha256", "n_shots",
+                "context_tokens", "truncated", "letter_cont_ids", "text_cont_ids",
+                "choice_chars", "choices")
+_OUTPUT_COLUMNS = tuple(c for c in CACHE_SCHEMA if c not in _ROW_COLUMNS)
+STORE_SCHEMA = {"input_key": pl.String, "prompt_key": pl.String, "index": pl.Int64,
+                **{c: CACHE_SCHEMA[c] for c in _OUTPUT_COLUMNS}}
+STORE_FORMAT = 1  # bump when STORE_SCHEMA or the meaning of a key changes
+DEFAULT_STORE = Path("data/cache/store")
+DEFAULT_CHECKPOINT_QUESTIONS = 64
 
 
 class CacheIdentityError(ValueError):
     """Cached values that belong to another model, tokenizer, dtype or prompt set."""
+
+
+# ---------------------------------------------------------------- keys
+
+def input_key(request: Any, letter_ids: list[int | None]) -> str:
+    """SHA-256 of one exact model input: what the engine computes depends on nothing else
+    (given the model fingerprint of the store directory). The max length counts only where it
+    cuts the input, so changing it recomputes exactly the questions it affects."""
+    longest = max((len(c) for c in request.continuations), default=0)
+    cut = (len(request.context) + longest > request.max_length + 1
+           or len(request.context) > request.max_length)  # engine: left truncation
+    limit = request.max_length if cut else None
+    return sha256_text(json.dumps([STORE_FORMAT, request.context, request.continuations,
+                                   limit, letter_ids], separators=(",", ":")))
+
+
+def prompt_key(row: dict[str, Any], max_length: Any) -> str:
+    """SHA-256 of a prompt row's text fields, its flavor and the max-length setting: an estimate
+    of `input_key` that needs no tokenizer (used to plan a run before any model is loaded)."""
+    fields = [STORE_FORMAT, row["flavor"], row["header"], list(row["shots"]), row["test_block"],
+              row["prompt"], list(row["choices"]), max_length]
+    return sha256_text(json.dumps(fields, separators=(",", ":")))
+
+
+def prompt_keys(rows: pl.DataFrame, max_length: Any) -> pl.Series:
+    """`prompt_key` of every row of a prompt table."""
+    return pl.Series("prompt_key", [prompt_key(r, max_length) for r in rows.iter_rows(named=True)],
+                     dtype=pl.String)
 
 
 def select_rows(prompts: pl.DataFrame, subjects: list[str],
@@ -54,95 +110,356 @@ def select_rows(prompts: pl.DataFrame, subjects: list[str],
     return df
 
 
-def identity(loaded: Any, flavor: str) -> dict[str, Any]:
-    """What a cached value depends on besides the prompt text."""
-    ident = dict(loaded.identity)
-    ident.update(flavor=flavor, dtype=str(loaded.dtype), device=str(loaded.device),
-                 max_length=int(loaded.max_length))
-    return ident
+# ---------------------------------------------------------------- the store
+
+@dataclass
+class Store:
+    """One model's segments: `{root}/{key}/{flavor}/{subject}/*.parquet`."""
+
+    root: Path
+    key: str
+    readonly: bool = False  # planning: skip bad segments without moving them
+    quarantined: list[Path] = field(default_factory=list)
+
+    def dir(self, flavor: str, subject: str) -> Path:
+        return Path(self.root) / self.key / flavor / subject
+
+    def segments(self, flavor: str, subject: str) -> list[Path]:
+        d = self.dir(flavor, subject)
+        return sorted(d.glob("*.parquet")) if d.is_dir() else []
+
+    def _quarantine(self, path: Path, why: str) -> None:
+        if self.readonly:
+            return
+        bad = path.with_name(path.name + ".bad")
+        log.warning("cache segment %s %s: moved aside to %s; its questions will be recomputed",
+                    path, why, bad.name)
+        os.replace(path, bad)
+        self.quarantined.append(bad)
+
+    def _check(self, path: Path, flavor: str) -> bool:
+        try:
+            meta = read_meta(path)
+            names = list(pl.read_parquet_schema(path))
+        except Exception as e:  # unreadable: truncated, not Parquet, ...
+            self._quarantine(path, f"is damaged ({type(e).__name__})")
+            return False
+        if (meta.get("model_key"), meta.get("flavor"), meta.get("format")) != (
+                self.key, flavor, STORE_FORMAT) or names != list(STORE_SCHEMA):
+            self._quarantine(path, "belongs to another model, flavor or cache format")
+            return False
+        return True
+
+    def load(self, flavor: str, subject: str, columns: list[str] | None = None) -> pl.DataFrame:
+        """Every valid row of a subject (first segment wins for a key stored twice)."""
+        frames = []
+        for path in self.segments(flavor, subject):
+            if not self._check(path, flavor):
+                continue
+            try:
+                frames.append(pl.read_parquet(path, columns=columns))
+            except Exception as e:
+                self._quarantine(path, f"is damaged ({type(e).__name__})")
+        if not frames:
+            schema = STORE_SCHEMA if columns is None else {c: STORE_SCHEMA[c] for c in columns}
+            return pl.DataFrame(schema=schema)
+        return pl.concat(frames).unique("input_key", keep="first", maintain_order=True)
+
+    def write(self, flavor: str, subject: str, rows: pl.DataFrame, meta: dict[str, Any]) -> Path:
+        """A new segment, atomically; its name never collides with a concurrent writer's."""
+        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
+        path = self.dir(flavor, subject) / name
+        atomic_write_parquet(rows.select(list(STORE_SCHEMA)).cast(STORE_SCHEMA), path, {
+            **meta, "model_key": self.key, "flavor": flavor, "subject": subject,
+            "format": STORE_FORMAT, "rows": rows.height})
+        return path
+
+    def write_identity(self, fingerprint: dict[str, Any], details: dict[str, Any]) -> None:
+        path = Path(self.root) / self.key / "identity.json"
+        if not path.exists():
+            atomic_write_text(path, json.dumps({"model_key": self.key, "fingerprint": fingerprint,
+                                                "details": details}, indent=2,
+                                               sort_keys=True) + "\n")
 
 
-def rows_from_results(model_name: str, prompt_rows: list[dict], tokenized: list,
-                      results: list, letter_ids: list[int | None],
-                      tokenizer: Any) -> pl.DataFrame:
-    """Cache rows from engine results (same order as the prompt rows)."""
-    out = []
-    for row, tok, res in zip(prompt_rows, tokenized, results):
-        conts = tok.request.continuations
-        out.append({
-            "model": model_name, "flavor": row["flavor"], "subject": row["subject"],
-            "index": row["index"], "gold": row["gold"],
-            "prompt_sha256": sha256_text(tok.prompt), "n_shots": tok.n_shots,
-            "context_tokens": len(tok.request.context), "truncated": tok.truncated,
-            "letter_ids": letter_ids, "letter_logprobs": res.candidate_logprobs,
-            "greedy_id": res.greedy_id,
-            "greedy_text": tokenizer.decode([res.greedy_id], skip_special_tokens=False),
-            "greedy_logprob": res.greedy_logprob,
-            "topk_ids": res.topk_ids, "topk_logprobs": res.topk_logprobs,
-            "letter_cont_ids": conts[:4], "letter_cont_logprobs": res.token_logprobs[:4],
-            "letter_cont_greedy": res.token_is_greedy[:4], "letter_cont_sum": res.sums[:4],
-            "text_cont_ids": conts[4:], "text_cont_logprobs": res.token_logprobs[4:],
-            "text_cont_greedy": res.token_is_greedy[4:], "text_cont_sum": res.sums[4:],
-            "choice_chars": [len(c) for c in row["choices"]], "choices": list(row["choices"]),
-        })
-    return pl.DataFrame(out, schema=CACHE_SCHEMA)
+# ---------------------------------------------------------------- a job
+
+@dataclass
+class JobStats:
+    """What one logits job did (written to its metrics file)."""
+
+    questions: int = 0
+    computed: int = 0
+    reused: int = 0
+    tokens: int = 0
+    forward_seconds: float = 0.0
+    load_seconds: float = 0.0
+    segments: int = 0
 
 
-def _part_is_valid(path: Path, ident: dict, expected: pl.DataFrame) -> bool:
-    if not path.exists():
-        return False
-    meta = read_meta(path)
-    if meta.get("identity") != ident:
-        log.warning("%s: identity differs from this run; recomputing", path)
-        return False
-    got = pl.read_parquet(path, columns=["index", "prompt_sha256"]).sort("index")
-    want = expected.select("index", "prompt_sha256").sort("index")
-    if not got.equals(want):
-        log.warning("%s: questions or prompt hashes differ; recomputing", path)
-        return False
-    return True
+def _output_rows(tokenized: list, results: list, keys: list[str], pkeys: list[str],
+                 indices: list[int], letters: list[int | None], tokenizer: Any) -> pl.DataFrame:
+    return pl.DataFrame([{
+        "input_key": k, "prompt_key": pk, "index": i,
+        "letter_ids": letters, "letter_logprobs": res.candidate_logprobs,
+        "greedy_id": res.greedy_id,
+        "greedy_text": tokenizer.decode([res.greedy_id], skip_special_tokens=False),
+        "greedy_logprob": res.greedy_logprob,
+        "topk_ids": res.topk_ids, "topk_logprobs": res.topk_logprobs,
+        "letter_cont_logprobs": res.token_logprobs[:4],
+        "letter_cont_greedy": res.token_is_greedy[:4], "letter_cont_sum": res.sums[:4],
+        "text_cont_logprobs": res.token_logprobs[4:],
+        "text_cont_greedy": res.token_is_greedy[4:], "text_cont_sum": res.sums[4:],
+    } for k, pk, i, res in zip(keys, pkeys, indices, results)], schema=STORE_SCHEMA)
 
 
-def compute_shard(prompts: pl.DataFrame, model_name: str, loaded: Any, flavor: str,
-                  subjects: list[str], questions_per_subject: int | None,
-                  out_path: Path, batch_size: int = 8, progress: bool = True) -> pl.DataFrame:
-    """Run the model once per question of the shard and write the shard atomically."""
-    from .engine import run_fast
+def _view_rows(model_name: str, rows: list[dict], tokenized: list, keys: list[str]
+               ) -> pl.DataFrame:
+    return pl.DataFrame([{
+        "input_key": k, "model": model_name, "flavor": r["flavor"], "subject": r["subject"],
+        "index": r["index"], "gold": r["gold"], "prompt_sha256": sha256_text(t.prompt),
+        "n_shots": t.n_shots, "context_tokens": len(t.request.context),
+        "truncated": t.truncated, "letter_cont_ids": t.request.continuations[:4],
+        "text_cont_ids": t.request.continuations[4:],
+        "choice_chars": [len(c) for c in r["choices"]], "choices": list(r["choices"]),
+    } for r, t, k in zip(rows, tokenized, keys)],
+        schema={"input_key": pl.String, **{c: CACHE_SCHEMA[c] for c in _ROW_COLUMNS}})
+
+
+def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
+                 model_dir: str | Path | None, flavor: str, subjects: list[str],
+                 questions_per_subject: int | None, out_path: str | Path,
+                 store_root: str | Path = DEFAULT_STORE, *, batch_size: int = 8,
+                 max_batch_tokens: int | None = None,
+                 checkpoint_questions: int = DEFAULT_CHECKPOINT_QUESTIONS,
+                 progress: bool = True, loader: Any = None, stats: JobStats | None = None
+                 ) -> pl.DataFrame:
+    """Write the view of a shard (model x flavor x subjects), computing only the questions the
+    store does not hold. `loader(entry, model_dir, name)` loads the model (default
+    `models.load_model`; tests pass their own)."""
+    from . import models
     from .tokenize import letter_ids as get_letter_ids, tokenize_row
 
-    out_path = Path(out_path)
-    parts_dir = out_path.parent / "parts" / out_path.stem
+    stats = stats if stats is not None else JobStats()
+    t0 = time.perf_counter()
+    tokenizer, max_length = models.load_tokenizer(entry, model_dir, model_name)
+    memo_path = Path(store_root) / "file_hashes.json"
+    memo = _read_json(memo_path)
+    fp = models.fingerprint(entry, model_dir, memo, name=model_name)
+    loaded = None
+    if fp is None:  # e.g. a Hub branch not in the local Hub cache: loading resolves it
+        loaded, stats.load_seconds = _timed(loader or models.load_model, entry, model_dir,
+                                            model_name)
+        fp = models.fingerprint(entry, model_dir, memo, commit=loaded.identity.get("commit"),
+                                name=model_name)
+    if memo:
+        atomic_write_text(memo_path, json.dumps(memo, sort_keys=True))
+    store = Store(Path(store_root), models.model_key(fp))
+    letters = get_letter_ids(tokenizer)
+
     rows = select_rows(prompts.filter(pl.col("flavor") == flavor), subjects,
                        questions_per_subject)
-    ident = identity(loaded, flavor)
-    tokenizer = loaded.tokenizer
-    letters = get_letter_ids(tokenizer)
+    pkeys = prompt_keys(rows, entry.get("max_length")).to_list()
+    prompt_rows = rows.to_dicts()
+    tokenized = [tokenize_row(r, tokenizer, max_length) for r in prompt_rows]
+    keys = [input_key(t.request, letters) for t in tokenized]
+    stats.questions = len(keys)
+    view_meta = {"identity": {**fp, "model_key": store.key, "flavor": flavor},
+                 "subjects": subjects, "questions_per_subject": questions_per_subject,
+                 "rows": len(keys)}
+
     frames = []
     for subject in subjects:
-        subj_rows = rows.filter(pl.col("subject") == subject)
-        prompt_rows = subj_rows.to_dicts()
-        tokenized = [tokenize_row(r, tokenizer, loaded.max_length)
-                     for r in prompt_rows]
-        expected = pl.DataFrame({"index": subj_rows["index"],
-                                 "prompt_sha256": [sha256_text(t.prompt) for t in tokenized]})
-        part = parts_dir / f"{subject}.parquet"
-        if _part_is_valid(part, ident, expected):
-            log.info("%s: reusing finished subject %s", out_path, subject)
-            frames.append(pl.read_parquet(part))
-            continue
-        results = run_fast(loaded.model, [t.request for t in tokenized], letters,
-                           batch_size=batch_size, progress=progress)
-        df = rows_from_results(model_name, prompt_rows, tokenized, results, letters, tokenizer)
-        atomic_write_parquet(df, part, {"identity": ident, "subject": subject})
-        frames.append(df)
-    shard = pl.concat(frames) if frames else pl.DataFrame(schema=CACHE_SCHEMA)
-    atomic_write_parquet(shard, out_path, {
-        "identity": ident, "subjects": subjects,
-        "questions_per_subject": questions_per_subject, "rows": shard.height})
-    return shard
+        pos = [i for i, r in enumerate(prompt_rows) if r["subject"] == subject]
+        have = store.load(flavor, subject)
+        held = set(have["input_key"].to_list())
+        todo: dict[str, int] = {}  # key -> first position (a repeated input runs once)
+        for i in pos:
+            if keys[i] not in held:
+                todo.setdefault(keys[i], i)
+        stats.reused += sum(1 for i in pos if keys[i] in held)
+        stats.computed += sum(1 for i in pos if keys[i] in todo)
+        if todo:
+            if loaded is None:
+                loaded, stats.load_seconds = _timed(loader or models.load_model, entry,
+                                                    model_dir, model_name)
+                store.write_identity(fp, {"name": model_name, **loaded.identity,
+                                          "dtype": loaded.dtype, "device": loaded.device})
+            new = _compute(loaded, store, flavor, subject, list(todo.values()), tokenized,
+                           keys, pkeys, prompt_rows, letters, batch_size, max_batch_tokens,
+                           checkpoint_questions, progress, stats)
+            have = pl.concat([have, new])
+        frames.append(have)
+
+    store_rows = (pl.concat(frames) if frames else pl.DataFrame(schema=STORE_SCHEMA)
+                  ).unique("input_key", keep="first")
+    view = (_view_rows(model_name, prompt_rows, tokenized, keys)
+            .join(store_rows.drop("prompt_key", "index"), on="input_key", how="left")
+            .select(list(CACHE_SCHEMA)))
+    if view["greedy_id"].null_count():
+        raise CacheIdentityError(f"{out_path}: {view['greedy_id'].null_count()} questions have "
+                                 "no cached values after computing (a bug: please report)")
+    atomic_write_parquet(view, out_path, view_meta)
+    log.info("%s %s: computed %d, reused %d questions (%d selected) in %.1f s",
+             model_name, flavor, stats.computed, stats.reused, stats.questions,
+             time.perf_counter() - t0)
+    return view
 
 
-# keys of shard metadata that legitimately vary between shards of one model
+def _compute(loaded: Any, store: Store, flavor: str, subject: str, positions: list[int],
+             tokenized: list, keys: list[str], pkeys: list[str], prompt_rows: list[dict],
+             letters: list[int | None], batch_size: int, max_batch_tokens: int | None,
+             checkpoint: int, progress: bool, stats: JobStats) -> pl.DataFrame:
+    """Run the model on `positions` in checkpoints; each checkpoint is a new segment."""
+    from . import engine
+
+    out = []
+    step = max(1, int(checkpoint))
+    for start in range(0, len(positions), step):
+        chunk = positions[start:start + step]
+        es = engine.EngineStats()
+        kwargs = {"max_batch_tokens": max_batch_tokens} if max_batch_tokens else {}
+        results = engine.run_fast(loaded.model, [tokenized[i].request for i in chunk], letters,
+                                  batch_size=batch_size, progress=progress, stats=es, **kwargs)
+        df = _output_rows([tokenized[i] for i in chunk], results, [keys[i] for i in chunk],
+                          [pkeys[i] for i in chunk], [prompt_rows[i]["index"] for i in chunk],
+                          letters, loaded.tokenizer)
+        store.write(flavor, subject, df, {"dtype": loaded.dtype, "device": loaded.device,
+                                          "model": loaded.name})
+        stats.tokens += es.tokens
+        stats.forward_seconds += es.seconds
+        stats.segments += 1
+        out.append(df)
+        log.info("%s %s %s: checkpoint of %d questions written (%d/%d)", loaded.name, flavor,
+                 subject, len(chunk), min(start + step, len(positions)), len(positions))
+    return pl.concat(out)
+
+
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def job_metrics(stats: JobStats, *, model: str, slug: str, flavor: str, shard: str,
+                selection: str, subjects: list[str], dtype: str, wall_seconds: float
+                ) -> dict[str, Any]:
+    """The metrics file of one logits job (docs/cluster.md: learned resources)."""
+    import resource
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "model": model, "slug": slug, "flavor": flavor, "shard": shard,
+        "selection": selection, "subjects": subjects, "questions": stats.questions,
+        "computed": stats.computed, "reused": stats.reused, "tokens": stats.tokens,
+        "forward_seconds": round(stats.forward_seconds, 3),
+        "tokens_per_s": (round(stats.tokens / stats.forward_seconds, 2)
+                         if stats.forward_seconds > 0 else None),
+        "load_seconds": round(stats.load_seconds, 3), "wall_seconds": round(wall_seconds, 3),
+        "peak_host_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_mem_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                            if cuda else None),
+        "device": "cuda" if cuda else "cpu",
+        "device_name": torch.cuda.get_device_name(0) if cuda else _cpu_name(),
+        "n_gpus": torch.cuda.device_count() if cuda else 0,
+        "dtype": dtype, "hostname": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "segments_written": stats.segments,
+    }
+
+
+def metrics_table(paths: list[str | Path]) -> pl.DataFrame:
+    """One row per logits job from its metrics file: what it computed and reused."""
+    cols = ["model", "flavor", "selection", "shard", "questions", "computed", "reused",
+            "tokens", "forward_seconds", "tokens_per_s", "load_seconds", "wall_seconds",
+            "device", "device_name", "finished"]
+    rows = [{c: _read_json(Path(p)).get(c) for c in cols} for p in paths]
+    return pl.DataFrame(rows, schema={c: (pl.Int64 if c in ("questions", "computed", "reused",
+                                                            "tokens") else
+                                          pl.Float64 if c.endswith(("seconds", "_s")) else
+                                          pl.String) for c in cols})
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"
+
+
+# ---------------------------------------------------------------- plan, list, prune
+
+def plan_counts(prompts: pl.DataFrame, store: Store, flavor: str, subjects: list[str],
+                questions_per_subject: int | None, max_length: Any) -> tuple[int, int]:
+    """(selected, cached) questions of a shard, by prompt key (no tokenizer): an estimate
+    the job itself confirms by exact input keys."""
+    rows = select_rows(prompts.filter(pl.col("flavor") == flavor), subjects,
+                       questions_per_subject)
+    want = prompt_keys(rows, max_length)
+    cached = 0
+    for subject in subjects:
+        held = set(store.load(flavor, subject, ["input_key", "prompt_key"])["prompt_key"]
+                   .to_list())
+        cached += int(want.filter(rows["subject"] == subject).is_in(list(held)).sum())
+    return rows.height, cached
+
+
+def list_store(store_root: str | Path) -> pl.DataFrame:
+    """One row per model key x flavor x subject: questions held, segments, bytes, identity."""
+    out = []
+    root = Path(store_root)
+    for ident_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        info = _read_json(ident_dir / "identity.json")
+        name = info.get("details", {}).get("name", "?")
+        for subj_dir in sorted(ident_dir.glob("*/*")):
+            if not subj_dir.is_dir():
+                continue
+            segs = sorted(subj_dir.glob("*.parquet"))
+            n = (pl.scan_parquet(segs).select("input_key").unique().collect().height
+                 if segs else 0)
+            out.append({"model_key": ident_dir.name, "model": name,
+                        "flavor": subj_dir.parent.name, "subject": subj_dir.name,
+                        "questions": n, "segments": len(segs),
+                        "bytes": sum(p.stat().st_size for p in subj_dir.iterdir()),
+                        "identity": json.dumps(info.get("fingerprint", {}), sort_keys=True)})
+    return pl.DataFrame(out, schema={"model_key": pl.String, "model": pl.String,
+                                     "flavor": pl.String, "subject": pl.String,
+                                     "questions": pl.Int64, "segments": pl.Int64,
+                                     "bytes": pl.Int64, "identity": pl.String})
+
+
+def prune_store(store_root: str | Path, keep: set[str], dry_run: bool = False) -> list[Path]:
+    """Remove the store directories of model keys not in `keep`; returns what was (or would
+    be) removed."""
+    import shutil
+
+    root = Path(store_root)
+    gone = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name not in keep] \
+        if root.is_dir() else []
+    if not dry_run:
+        for p in gone:
+            shutil.rmtree(p)
+    return gone
+
+
+# ---------------------------------------------------------------- reading views
+
+# keys of view metadata that legitimately vary between views of one model
 SHARD_META_VARYING: frozenset[str] = frozenset({
     "flavor", "selection", "shard", "subjects", "subject", "questions_per_subject", "rows",
 })
@@ -155,8 +472,8 @@ def _model_identity(meta: dict) -> str:
 
 
 def read_shards(paths: list[Path | str]) -> pl.DataFrame:
-    """Concatenate shards; refuse shards of one model whose identity (weights, tokenizer,
-    dtype, device, versions) differs, and questions cached twice."""
+    """Concatenate views; refuse views of one model whose identity (weights, tokenizer,
+    dtype, device) differs, and questions cached twice."""
     seen: dict[str, tuple[str, Path]] = {}  # model -> (identity, first file)
     frames = []
     for p in map(Path, paths):

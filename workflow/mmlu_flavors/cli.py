@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
 
 from .data import MMLUDataError, Source, load_questions, resolve_source, table_checksum
+from .cache import DEFAULT_CHECKPOINT_QUESTIONS, DEFAULT_STORE
 from .io import atomic_write_parquet, atomic_write_text
 
 log = logging.getLogger("mmlu_flavors")
@@ -51,19 +54,96 @@ def cmd_convert(a: argparse.Namespace) -> None:
     convert_gguf(json.loads(a.entry), Path(a.out))
 
 
-def cmd_logits(a: argparse.Namespace) -> None:
-    from .cache import compute_shard
-    from .models import load_model
+class Terminated(Exception):
+    """SIGTERM (SLURM's time limit or preemption, scancel): finished checkpoints are kept."""
 
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+def cmd_logits(a: argparse.Namespace) -> None:
+    from .cache import JobStats, compute_view, job_metrics
+
+    t0 = time.perf_counter()
+    signal.signal(signal.SIGTERM, _raise_terminated)
     entry = json.loads(a.entry)
-    loaded = load_model(entry, Path(a.model_dir) if a.model_dir else None, name=a.model_name)
     prompts = pl.read_parquet(a.prompts)
     subjects = [s for s in a.subjects.split(",") if s]
     n = None if a.questions_per_subject in (None, 0) else a.questions_per_subject
-    shard = compute_shard(prompts, a.model_name, loaded, a.flavor, subjects, n, Path(a.out),
-                          batch_size=int(entry.get("batch_size", 8)),
-                          progress=not a.no_progress)
-    log.info("%s: %d questions cached", a.out, shard.height)
+    stats = JobStats()
+    out = Path(a.out)
+    try:
+        compute_view(prompts, a.model_name, entry, a.model_dir or None, a.flavor, subjects, n,
+                     out, a.store, batch_size=a.batch_size,
+                     max_batch_tokens=a.max_batch_tokens or None,
+                     checkpoint_questions=a.checkpoint_questions,
+                     progress=not a.no_progress, stats=stats)
+    except Terminated:
+        log.error("%s: terminated by SIGTERM after %d of %d questions were computed and "
+                  "flushed; a rerun reuses them", out, stats.computed, stats.questions)
+        raise SystemExit(143)
+    metrics = job_metrics(stats, model=a.model_name, slug=out.parts[-4], flavor=a.flavor,
+                          shard=out.stem, selection=out.parent.name, subjects=subjects,
+                          dtype=str(entry.get("dtype", "float32")),
+                          wall_seconds=time.perf_counter() - t0)
+    atomic_write_text(a.metrics or out.with_suffix(".metrics.json"),
+                      json.dumps(metrics, indent=2) + "\n")
+    log.info("computed %d, reused %d questions (%s, %s)", stats.computed, stats.reused,
+             a.model_name, a.flavor)
+
+
+def cmd_cache(a: argparse.Namespace) -> None:
+    from .cache import list_store, metrics_table, prune_store
+
+    if a.action == "summary":
+        table = metrics_table(a.metrics)
+        table.write_csv(a.out + ".tmp")
+        Path(a.out + ".tmp").replace(a.out)
+        log.info("%d jobs: computed %d, reused %d questions", table.height,
+                 table["computed"].sum(), table["reused"].sum())
+        return
+    if a.action == "list":
+        table = list_store(a.store)
+        if table.is_empty():
+            print(f"no cached questions under {a.store}")
+            return
+        with pl.Config(tbl_rows=-1, tbl_width_chars=200, fmt_str_lengths=60):
+            print(table.drop("identity") if not a.identity else table)
+            print(table.group_by("model_key", "model", "flavor").agg(
+                pl.col("questions").sum(), pl.col("bytes").sum()).sort("model_key", "flavor"))
+        return
+    keep = configured_model_keys(a.configfile)
+    gone = prune_store(a.store, set(keep.values()), dry_run=a.dry_run)
+    for p in gone:
+        print(f"{'would remove' if a.dry_run else 'removed'} {p}")
+    print(f"kept {len(keep)} configured model(s): "
+          + ", ".join(f"{n} ({k})" for n, k in keep.items()))
+
+
+def configured_model_keys(configfiles: list[str]) -> dict[str, str]:
+    """Model name -> store key of every model_registry entry that can be fingerprinted
+    without loading weights (GGUF entries after conversion, local dirs, pinned Hub commits)."""
+    import yaml
+
+    from .models import fingerprint, model_key, slugify
+
+    registry: dict = {}
+    for f in configfiles:
+        registry.update((yaml.safe_load(Path(f).read_text()) or {}).get("model_registry", {}))
+    keys = {}
+    for name, entry in registry.items():
+        model_dir = Path("data/models") / slugify(name) if entry.get("source") == "gguf" else None
+        try:
+            fp = fingerprint(entry, model_dir, name=name)
+        except ValueError as e:
+            log.warning("%s: %s", name, e)
+            continue
+        if fp is None:
+            raise ValueError(f"model {name!r}: its identity is not known without loading it "
+                             "(unconverted GGUF or an unresolved Hub branch); refusing to prune")
+        keys[name] = model_key(fp)
+    return keys
 
 
 def cmd_predictions(a: argparse.Namespace) -> None:
@@ -108,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.set_defaults(fn=cmd_convert)
 
-    lg = sub.add_parser("logits", help="compute one cache shard (model x flavor x subjects)")
+    lg = sub.add_parser("logits", help="compute one cache view (model x flavor x subjects)")
     lg.add_argument("--prompts", required=True)
     lg.add_argument("--flavor", required=True)
     lg.add_argument("--model-name", required=True)
@@ -116,9 +196,26 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--model-dir", help="converted model directory (GGUF entries)")
     lg.add_argument("--subjects", required=True, help="comma-separated subjects of the shard")
     lg.add_argument("--questions-per-subject", type=int)
+    lg.add_argument("--store", default=str(DEFAULT_STORE), help="the cache store directory")
+    lg.add_argument("--batch-size", type=int, default=8)
+    lg.add_argument("--max-batch-tokens", type=int, default=0, help="0: the engine default")
+    lg.add_argument("--checkpoint-questions", type=int, default=DEFAULT_CHECKPOINT_QUESTIONS,
+                    help="flush computed questions to the store every N")
+    lg.add_argument("--metrics", help="metrics JSON (default: beside --out)")
     lg.add_argument("--no-progress", action="store_true")
     lg.add_argument("--out", required=True)
     lg.set_defaults(fn=cmd_logits)
+
+    ca = sub.add_parser("cache", help="list the cache store, or prune models no longer configured")
+    ca.add_argument("action", choices=["list", "prune", "summary"])
+    ca.add_argument("--metrics", nargs="*", default=[], help="summary: the jobs' metrics files")
+    ca.add_argument("--out", help="summary: CSV to write")
+    ca.add_argument("--store", default=str(DEFAULT_STORE))
+    ca.add_argument("--configfile", nargs="+", default=["config.yaml"],
+                    help="prune: keep the models of these config files")
+    ca.add_argument("--dry-run", action="store_true", help="prune: only say what would go")
+    ca.add_argument("--identity", action="store_true", help="list: show each fingerprint")
+    ca.set_defaults(fn=cmd_cache)
 
     pd_ = sub.add_parser("predictions", help="every prompt x scorer reduction of cache shards")
     pd_.add_argument("--out", required=True)

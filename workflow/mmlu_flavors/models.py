@@ -234,6 +234,32 @@ def context_length(model: Any, tokenizer: Any, override: int | None = None) -> i
     return DEFAULT_MAX_LENGTH
 
 
+def _where(entry: dict[str, Any], model_dir: str | Path | None,
+           name: str | None) -> tuple[str | Path, dict[str, Any]]:
+    """Where an entry loads from (Hub id or directory) and the loading kwargs (revision,
+    trust_remote_code) shared by its tokenizer, config and model."""
+    source = _source(entry, name)
+    kwargs: dict[str, Any] = {"trust_remote_code": entry.get("trust_remote_code", False) is True}
+    if source == "hub":
+        if not entry.get("hub_id"):
+            raise _err(entry, "hub_id", "a hub entry needs hub_id", name)
+        kwargs["revision"] = entry.get("revision") or "main"
+        return entry["hub_id"], kwargs
+    if source == "local":
+        if not entry.get("path"):
+            raise _err(entry, "path", "a local entry needs path", name)
+        where, fld = Path(entry["path"]).expanduser(), "path"
+    else:
+        if model_dir is None:
+            raise _err(entry, "gguf_file", "GGUF models load from their converted "
+                       "directory: run convert_gguf first and pass model_dir", name)
+        where, fld = Path(model_dir), "gguf_file"
+    if not (where / "config.json").is_file():
+        raise _err(entry, fld, f"{where} is not a saved model directory "
+                   "(no config.json)", name)
+    return where, kwargs
+
+
 def load_model(entry: dict[str, Any], model_dir: str | Path | None = None,
                name: str | None = None) -> LoadedModel:
     """Load an entry's model (eval mode) and tokenizer. `model_dir` is the converted
@@ -246,42 +272,24 @@ def load_model(entry: dict[str, Any], model_dir: str | Path | None = None,
     device_map = entry.get("device_map")
     if device_map not in (None, "auto"):
         raise _err(entry, "device_map", f"{device_map!r}: only 'auto' is supported", name)
-    trust = entry.get("trust_remote_code", False) is True
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust}
+    where, kwargs = _where(entry, model_dir, name)
     if source == "hub":
-        if not entry.get("hub_id"):
-            raise _err(entry, "hub_id", "a hub entry needs hub_id", name)
-        where: str | Path = entry["hub_id"]
-        kwargs["revision"] = entry.get("revision") or "main"
         identity: dict[str, Any] = {"source": "hub", "hub_id": where,
                                     "revision": kwargs["revision"]}
     else:
-        if source == "local":
-            if not entry.get("path"):
-                raise _err(entry, "path", "a local entry needs path", name)
-            where = Path(entry["path"]).expanduser()
-            fld = "path"
-        else:
-            if model_dir is None:
-                raise _err(entry, "gguf_file", "GGUF models load from their converted "
-                           "directory: run convert_gguf first and pass model_dir", name)
-            where, fld = Path(model_dir), "gguf_file"
-        if not (where / "config.json").is_file():
-            raise _err(entry, fld, f"{where} is not a saved model directory "
-                       "(no config.json)", name)
-        ident_file = where / IDENTITY_FILE
+        ident_file = Path(where) / IDENTITY_FILE
         if ident_file.is_file():
             identity = json.loads(ident_file.read_text())
         else:
             identity = {"source": source, "path": str(where),
-                        "weights_sha256": _weights_sha256(where)}
-    tokenizer = AutoTokenizer.from_pretrained(where, **{k: v for k, v in kwargs.items()
-                                                        if k != "dtype"})
+                        "weights_sha256": _weights_sha256(Path(where))}
+    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
     if device_map == "auto":
-        model = AutoModelForCausalLM.from_pretrained(where, device_map="auto", **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, device_map="auto", dtype=dtype,
+                                                     **kwargs)
         device = str(next(model.parameters()).device)
     else:
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs).to(device)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs).to(device)
     model.eval()
     commit = getattr(model.config, "_commit_hash", None)
     if commit and source == "hub":
@@ -295,3 +303,112 @@ def load_model(entry: dict[str, Any], model_dir: str | Path | None = None,
         max_length=context_length(model, tokenizer, entry.get("max_length")),
         identity=identity,
     )
+
+
+# ---------------------------------------------------------------- identity without loading
+
+# Entry fields that size or place a job but never change a cached number: editing them must
+# not recompute anything (the workflow passes them as resources, not as rule params).
+RUNTIME_HINTS: frozenset[str] = frozenset({
+    "batch_size", "max_batch_tokens", "params_b", "gpus", "gpu_mem_gb", "mem_mb",
+    "runtime_min", "slurm_partition", "slurm_account", "constraint",
+})
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def identity_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry without its runtime hints: what the cached values may depend on."""
+    return {k: v for k, v in entry.items() if k not in RUNTIME_HINTS}
+
+
+def device_kind(entry: dict[str, Any]) -> str:
+    """`cpu` or `cuda`: where an entry's model will run (numerics differ between them)."""
+    device = str(entry.get("device") or "auto")
+    if device == "auto" or entry.get("device_map") == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() and device != "cpu" else "cpu"
+    return "cpu" if device == "cpu" else "cuda"
+
+
+def _hf_cache_commit(hub_id: str, revision: str) -> str | None:
+    """The commit a branch/tag of a Hub repo resolves to in the local Hub cache, if known."""
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except Exception:  # pragma: no cover - huggingface_hub ships with transformers
+        return None
+    ref = Path(HF_HUB_CACHE) / f"models--{hub_id.replace('/', '--')}" / "refs" / revision
+    try:
+        commit = ref.read_text().strip()
+    except OSError:
+        return None
+    return commit if _COMMIT.fullmatch(commit) else None
+
+
+def _dir_sha256(path: Path, memo: dict[str, Any] | None) -> str:
+    """SHA-256 over every file of a model directory (weights, config, tokenizer), by relative
+    name; per-file hashes are memoized by (path, size, mtime) in `memo`."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != IDENTITY_FILE):
+        st = f.stat()
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        key = str(f.resolve())
+        if memo is not None and memo.get(key, {}).get("stamp") == stamp:
+            digest = memo[key]["sha256"]
+        else:
+            digest = sha256_file(f)
+            if memo is not None:
+                memo[key] = {"stamp": stamp, "sha256": digest}
+        h.update(f"{f.relative_to(path).as_posix()}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def fingerprint(entry: dict[str, Any], model_dir: str | Path | None = None,
+                memo: dict[str, Any] | None = None, commit: str | None = None,
+                name: str | None = None) -> dict[str, Any] | None:
+    """What a cached value depends on, known without loading weights: the weights and
+    tokenizer (GGUF sha256, a local directory's file hashes, or a Hub commit), dtype, device
+    kind and `trust_remote_code`. None where it cannot be known yet (a Hub branch not in the
+    local Hub cache: the job resolves it by loading, `commit` then passes it in)."""
+    source = _source(entry, name)
+    fp: dict[str, Any] = {"source": source, "dtype": _dtype(entry, name)[0],
+                          "device": device_kind(entry),
+                          "trust_remote_code": entry.get("trust_remote_code", False) is True}
+    if source == "hub":
+        rev = str(entry.get("revision") or "main")
+        commit = commit or (rev if _COMMIT.fullmatch(rev) else _hf_cache_commit(entry["hub_id"], rev))
+        if commit is None:
+            return None
+        fp.update(hub_id=entry["hub_id"], commit=commit)
+    elif source == "gguf":
+        if model_dir is None or not (Path(model_dir) / IDENTITY_FILE).is_file():
+            return None
+        conv = json.loads((Path(model_dir) / IDENTITY_FILE).read_text())
+        fp.update(gguf_sha256=conv["gguf_sha256"])
+    else:
+        path = Path(entry["path"]).expanduser()
+        if not path.is_dir():
+            raise _err(entry, "path", f"{path} is not a directory", name)
+        fp.update(files_sha256=_dir_sha256(path, memo))
+    return fp
+
+
+def model_key(fp: dict[str, Any]) -> str:
+    """A short stable name for a fingerprint: the cache store's directory of that model."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_tokenizer(entry: dict[str, Any], model_dir: str | Path | None = None,
+                   name: str | None = None) -> tuple[Any, int]:
+    """The entry's tokenizer and context length, without loading weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    where, kwargs = _where(entry, model_dir, name)
+    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    config = AutoConfig.from_pretrained(where, **kwargs)
+    holder = type("_ConfigOnly", (), {"config": config})()
+    return tokenizer, context_length(holder, tokenizer, entry.get("max_length"))

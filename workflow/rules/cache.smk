@@ -1,4 +1,8 @@
-# Logits cache: one job per model x flavor x shard of subjects; one forward pass per prompt.
+# Logits cache: one job per model x flavor x shard of subjects. The job computes only the
+# questions the store (data/cache/store, keyed by model fingerprint and exact model input)
+# does not hold, then writes the shard's view. Params carry only what can change a cached
+# number; batch size, token budget and checkpointing travel as resources, so editing them
+# never reruns a job.
 
 
 rule logits:
@@ -6,13 +10,15 @@ rule logits:
         prompts="data/prompts/{flavor}.parquet",
         model=lambda wc: model_dir(wc.model) or [],
     output:
-        "data/cache/{model}/{flavor}/{selection}/{shard}.parquet",
+        view="data/cache/{model}/{flavor}/{selection}/{shard}.parquet",
+        metrics="data/cache/{model}/{flavor}/{selection}/{shard}.metrics.json",
     params:
         entry=lambda wc: entry_json(wc.model),
         name=lambda wc: MODELS[wc.model],
         subjects=lambda wc: ",".join(SHARDS[wc.shard]),
         n=N_PER_SUBJECT or 0,
         model_dir=lambda wc: model_dir(wc.model) or "",
+        store=CACHE_STORE,
     wildcard_constraints:
         flavor="|".join(FLAVORS),
         selection=r"all|first\d+",
@@ -20,13 +26,17 @@ rule logits:
     threads: config.get("threads_per_model_job", 2)
     resources:
         # derived from the model entry (mmlu_flavors/resources.py); gpu is None (unset: no
-        # --gpus at all) for device: cpu; constraint None = no -C
+        # --gpus at all) for device: cpu or a job with nothing to compute; constraint None = no -C
         mem_mb=lambda wc: model_resources(wc.model, wc.flavor, wc.shard)["mem_mb"],
         runtime=lambda wc: model_resources(wc.model, wc.flavor, wc.shard)["runtime"],
         gpu=lambda wc: model_resources(wc.model, wc.flavor, wc.shard).get("gpu"),
         slurm_partition=lambda wc: model_resources(wc.model, wc.flavor, wc.shard)["slurm_partition"],
         slurm_account=lambda wc: model_resources(wc.model, wc.flavor, wc.shard)["slurm_account"],
         constraint=lambda wc: model_resources(wc.model, wc.flavor, wc.shard).get("constraint"),
+        # runtime hints of the engine (never part of a cache key)
+        batch_size=lambda wc: int(entry(wc.model).get("batch_size", 8)),
+        max_batch_tokens=lambda wc: int(entry(wc.model).get("max_batch_tokens", 0)),
+        checkpoint_questions=int(config.get("checkpoint_questions", 64)),
     conda:
         ENV
     log:
@@ -35,4 +45,7 @@ rule logits:
         "OMP_NUM_THREADS={threads} {PY} logits --prompts {input.prompts:q} "
         "--flavor {wildcards.flavor:q} --model-name {params.name:q} --entry {params.entry:q} "
         "--model-dir={params.model_dir:q} --subjects {params.subjects:q} "
-        "--questions-per-subject {params.n} --out {output:q} 2> {log:q}"
+        "--questions-per-subject {params.n} --store {params.store:q} "
+        "--batch-size {resources.batch_size} --max-batch-tokens {resources.max_batch_tokens} "
+        "--checkpoint-questions {resources.checkpoint_questions} "
+        "--out {output.view:q} --metrics {output.metrics:q} 2> {log:q}"

@@ -6,8 +6,10 @@ import shlex
 import sys
 from pathlib import Path
 
+import polars as pl
+
 from mmlu_flavors.data import SUBJECTS
-from mmlu_flavors.models import slugify
+from mmlu_flavors.models import identity_entry, slugify
 
 ENV = "../../envs/mmlu-flavors.yaml"
 _PKG_DIR = str(Path(workflow.basedir) / "workflow")
@@ -42,10 +44,14 @@ else:
 N_PER_SUBJECT = config.get("questions_per_subject")
 SELECTION = "all" if N_PER_SUBJECT is None else f"first{N_PER_SUBJECT}"
 
-# shards: the chosen subjects in canonical order, cut into chunks
-_ordered = [s for s in SUBJECTS if s in CHOSEN_SUBJECTS]
+# shards: chunks of the 57 subjects in canonical order, each holding only the chosen ones, so
+# a subject's shard does not depend on which other subjects are chosen (adding one subject
+# changes only its own shard)
 _per = int(config.get("subjects_per_shard", 57))
-SHARDS = {f"part{i // _per:02d}": _ordered[i:i + _per] for i in range(0, len(_ordered), _per)}
+SHARDS = {}
+for _i, _s in enumerate(SUBJECTS):
+    if _s in CHOSEN_SUBJECTS:
+        SHARDS.setdefault(f"part{_i // _per:02d}", []).append(_s)
 
 
 def entry(slug):
@@ -53,7 +59,9 @@ def entry(slug):
 
 
 def entry_json(slug):
-    return json.dumps(entry(slug), sort_keys=True)
+    """The entry without its runtime hints (batch size, resources): only what can change a
+    cached number, so editing a hint never reruns a job (hints travel as resources)."""
+    return json.dumps(identity_entry(entry(slug)), sort_keys=True)
 
 
 def model_dir(slug):
@@ -64,6 +72,61 @@ def model_dir(slug):
 def cache_shards():
     return [f"data/cache/{m}/{f}/{SELECTION}/{s}.parquet"
             for m in MODELS for f in FLAVORS for s in SHARDS]
+
+
+def cache_metrics():
+    return [p.removesuffix(".parquet") + ".metrics.json" for p in cache_shards()]
+
+
+def _cache_plan():
+    """For each logits job whose view is missing: (selected, cached) questions, estimated from
+    prompt keys without loading any model (mmlu_flavors.cache.plan_counts); None where the
+    prompt table or the model's identity is not known yet. Printed, and a job with nothing
+    to compute asks for no GPU."""
+    from mmlu_flavors import cache as _cache
+    from mmlu_flavors import models as _models
+
+    plan, questions = {}, Path("data/questions.parquet")
+    for slug in MODELS:
+        try:
+            fp = _models.fingerprint(entry(slug), model_dir(slug), name=MODELS[slug])
+        except Exception:
+            fp = None
+        store = (_cache.Store(Path(CACHE_STORE), _models.model_key(fp), readonly=True)
+                 if fp else None)
+        for flavor in FLAVORS:
+            prompts_path = Path(f"data/prompts/{flavor}.parquet")
+            fresh = (prompts_path.exists() and questions.exists()
+                     and prompts_path.stat().st_mtime >= questions.stat().st_mtime)
+            prompts = None
+            for shard, subjects in SHARDS.items():
+                if Path(f"data/cache/{slug}/{flavor}/{SELECTION}/{shard}.parquet").exists():
+                    continue
+                if store is None or not fresh:
+                    plan[(slug, flavor, shard)] = None
+                    continue
+                if prompts is None:
+                    prompts = pl.read_parquet(prompts_path)
+                plan[(slug, flavor, shard)] = _cache.plan_counts(
+                    prompts, store, flavor, subjects, N_PER_SUBJECT,
+                    entry(slug).get("max_length"))
+    if plan:
+        lines = [f"  {MODELS[m]} / {f} / {SELECTION}/{s}: "
+                 + ("not known before the prompts and the model exist" if v is None
+                    else f"{v[0]} questions, {v[1]} cached, {v[0] - v[1]} to compute")
+                 for (m, f, s), v in plan.items()]
+        print("cache plan (from prompt keys, no model loaded; each job confirms by its exact "
+              "model input):\n" + "\n".join(lines), file=sys.stderr)
+    return plan
+
+
+CACHE_STORE = config.get("cache_store", "data/cache/store")
+CACHE_PLAN = _cache_plan()
+
+
+def nothing_to_compute(slug, flavor, shard):
+    got = CACHE_PLAN.get((slug, flavor, shard))
+    return got is not None and got[0] == got[1]
 
 
 # ---- resources -------------------------------------------------------------------------
@@ -80,6 +143,11 @@ def model_resources(slug, flavor=None, shard=None):
     value replaces default-resources, so the fallback must be applied here."""
     from mmlu_flavors import resources as _res
 
+    if flavor is not None and nothing_to_compute(slug, flavor, shard):
+        # every question is in the store: the job only tokenizes and writes its view
+        return {"mem_mb": 4000, "runtime": 15, "gpu": None, "constraint": None,
+                "slurm_partition": os.environ.get("MMLU_SLURM_PARTITION", ""),
+                "slurm_account": os.environ.get("MMLU_SLURM_ACCOUNT", "")}
     try:
         res = _res.model_resources(entry(slug), flavor,
                                    SHARDS[shard] if shard is not None else None, N_PER_SUBJECT)

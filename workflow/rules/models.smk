@@ -5,7 +5,11 @@ rule convert_gguf:
     output:
         directory("data/models/{model}"),
     params:
-        entry=lambda wc: entry_json(wc.model),
+        # only the fields that pick the GGUF file: editing dtype or a resource hint of the
+        # entry must not reconvert it (the converted weights are always float32)
+        entry=lambda wc: json.dumps({k: v for k, v in entry(wc.model).items()
+                                     if k in ("source", "gguf_package", "gguf_file", "gguf_path")},
+                                    sort_keys=True),
     conda:
         ENV
     log:

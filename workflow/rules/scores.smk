@@ -1,11 +1,12 @@
 # Scores: every prompt x scorer reduction from the caches, then tables, plots and report.
 # No model is called here.
 
-localrules: predictions, report
+localrules: predictions, report, cache_summary
 
 REPORT_OUTPUTS = (
     ["reports/predictions.parquet", "reports/scores.csv", "reports/scores.md",
-     "reports/blog_comparison.md", "reports/rank_comparison.png", "reports/flips.csv"]
+     "reports/blog_comparison.md", "reports/rank_comparison.png", "reports/flips.csv",
+     "reports/cache_summary.csv"]
     + [f"reports/matrix_{m}.png" for m in MODELS]
     + [f"reports/subjects_{m}.png" for m in MODELS]
 )
@@ -54,3 +55,20 @@ rule report:
         "{PY} report --predictions {input:q} --out-dir reports "
         "--blog-csv={params.blog_csv:q} --hub-ids {params.hub_ids:q} "
         "--seed {params.seed} --samples {params.samples} 2> {log:q}"
+
+
+rule cache_summary:
+    input:
+        cache_metrics(),
+    output:
+        report("reports/cache_summary.csv", caption="../report/cache_summary.rst",
+               category="Cache"),
+    conda:
+        ENV
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    log:
+        "logs/cache_summary.log",
+    shell:
+        "{PY} cache summary --out {output:q} --metrics {input:q} 2> {log:q}"
