@@ -7,9 +7,9 @@ the table reports medians:
 1. ``lmeval``   lm-eval 0.4.13 (``HFLM``, float32, CPU, batch size 1, its default) computing
    its ``mmlu_<subject>`` accuracy via ``bench/lmeval_local.run_lmeval``;
 2. ``ours_hc``  mmlu-flavors computing the same ``harness_current`` score alone:
-   read CSVs, ``build_prompts``, ``cache.compute_shard`` (``run_fast``), ``reduce.predictions``
+   read CSVs, ``build_prompts``, ``cache.compute_view`` (``run_fast``), ``reduce.predictions``
    (scorer ``loglik_letter``), ``stats.micro_macro``;
-3. ``ours_all`` all four flavors' caches (``compute_shard`` each), ``reduce.predictions`` with
+3. ``ours_all`` all four flavors' caches (``compute_view`` each), ``reduce.predictions`` with
    every scorer and the full prompt × scorer matrix (``stats.micro_macro``), in-process;
 4. ``naive``    exactly config 3 with ``engine.run_naive`` in place of ``run_fast``: one full
    ``model(ids)`` forward per context and per continuation, as the reference code does;
@@ -102,7 +102,7 @@ def _ours(a: argparse.Namespace, flavors: tuple[str, ...], naive: bool) -> dict:
         return real_fast(model, requests, letter_ids, batch_size=batch_size, progress=False,
                          stats=stats, **kw)
 
-    engine.run_fast = counted  # compute_shard imports run_fast from the module at call time
+    engine.run_fast = counted  # compute_view imports run_fast from the module at call time
     subjects = a.subjects.split(",")
     with tempfile.TemporaryDirectory(prefix="bench_vs_lmeval_") as tmp:
         qs = read_local(a.mmlu, subjects)
@@ -110,9 +110,10 @@ def _ours(a: argparse.Namespace, flavors: tuple[str, ...], naive: bool) -> dict:
         for flavor in flavors:
             prompts = build_prompts(qs, flavor, num_fewshot=a.num_fewshot, subjects=subjects,
                                     questions_per_subject=a.limit)
-            shards.append(cache_mod.compute_shard(
-                prompts, lm.name, lm, flavor, subjects, a.limit,
-                Path(tmp) / flavor / "part.parquet", progress=False))
+            shards.append(cache_mod.compute_view(
+                prompts, lm.name, {"source": "local", "path": a.model_dir, "device": "cpu"},
+                None, flavor, subjects, a.limit, Path(tmp) / flavor / "part.parquet",
+                Path(tmp) / "store", progress=False, loader=lambda *_: lm))
         scorers = ("loglik_letter",) if flavors == ("harness_current",) else SCORERS
         pred = predictions(pl.concat(shards), scorers)
         matrix = micro_macro(pred)

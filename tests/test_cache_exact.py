@@ -15,8 +15,6 @@ import pytest
 
 from conftest_models import tiny_gemma3, tiny_llama
 from mmlu_flavors import engine
-from mmlu_flavors.cache import compute_shard, read_shards
-from mmlu_flavors.io import read_meta
 from mmlu_flavors.models import LoadedModel
 from mmlu_flavors.prompts import build_prompts
 from mmlu_flavors.tokenize import letter_ids, tokenize_row
@@ -94,33 +92,3 @@ def test_gemma_contexts_start_with_bos_and_llama_ones_do_not(loaded, prompts) ->
         ctx = tokenize_row(row, tok, loaded.max_length).request.context
         expect_bos = tok.bos_token == "<bos>" and flavor != "harness_e47e01b"
         assert (ctx[0] == bos) == expect_bos, flavor
-
-
-def test_shard_is_resumable_and_identity_checked(loaded, prompts, tmp_path, monkeypatch) -> None:
-    out = tmp_path / "cache" / "m" / "original" / "first2" / "part00.parquet"
-    shard = compute_shard(prompts, "m", loaded, "original", SUBJECTS, 2, out, progress=False)
-    assert shard.height == 4 and out.exists()
-    assert read_meta(out)["identity"]["flavor"] == "original"
-    assert shard["greedy_text"].to_list() == [
-        loaded.tokenizer.decode([i]) for i in shard["greedy_id"].to_list()]
-    parts = sorted((out.parent / "parts" / "part00").glob("*.parquet"))
-    assert [p.stem for p in parts] == SUBJECTS
-
-    # an interrupted job: the shard is gone, finished subjects stay; the rerun runs no model
-    out.unlink()
-    calls = []
-    real = engine.run_fast
-    monkeypatch.setattr(engine, "run_fast", lambda *a, **k: calls.append(1) or real(*a, **k))
-    again = compute_shard(prompts, "m", loaded, "original", SUBJECTS, 2, out, progress=False)
-    assert calls == [] and again.equals(shard)
-
-    # another model identity: finished parts are not reused
-    other = LoadedModel(**{**loaded.__dict__, "identity": {"source": "test", "name": "other"}})
-    compute_shard(prompts, "m", other, "original", SUBJECTS, 2, out, progress=False)
-    assert len(calls) == len(SUBJECTS)
-
-    # shards of one model with different identities are never mixed
-    out2 = tmp_path / "cache" / "m" / "helm" / "first2" / "part00.parquet"
-    compute_shard(prompts, "m", loaded, "helm", SUBJECTS, 2, out2, progress=False)
-    with pytest.raises(ValueError, match="refusing to mix shards of model 'm'"):
-        read_shards([out, out2])

@@ -61,35 +61,73 @@ def test_bad_config_is_named(finished_run) -> None:
         assert needle in res.stderr + res.stdout, (override, res.stderr[-2000:])
 
 
-def test_killed_job_keeps_finished_subjects(tiny_model, tmp_path) -> None:
+def _logits_log(work: Path, flavor: str, selection: str) -> str:
+    return (work / f"logs/logits/tiny-llama/{flavor}/{selection}/part00.log").read_text()
+
+
+def test_killed_job_keeps_its_checkpoints(tiny_model, tmp_path) -> None:
     """SIGKILL the logits job (as the OOM killer or scancel would) inside its second subject;
-    the rerun reuses the finished first subject and recomputes only the rest."""
+    the rerun reuses every checkpoint written before and recomputes only the rest."""
     import psutil
 
     subjects = ["abstract_algebra", "high_school_european_history"]
-    write_config(tmp_path, tiny_model, subjects, 8, flavors=["harness_e47e01b"])
+    write_config(tmp_path, tiny_model, subjects, 8, flavors=["harness_e47e01b"],
+                 checkpoint_questions=4)
     snakemake(tmp_path, "--cores", "1", "data/prompts/harness_e47e01b.parquet")
     cmd = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
            "--configfile", str(tmp_path / "config.yaml"), "--cores", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    cache = tmp_path / "data/cache/tiny-llama/harness_e47e01b/first8"
-    first = cache / "parts/part00/abstract_algebra.parquet"
+    store = tmp_path / "data/cache/store"
+    view = tmp_path / "data/cache/tiny-llama/harness_e47e01b/first8/part00.parquet"
     deadline = time.time() + 600
-    while not first.exists() and time.time() < deadline and proc.poll() is None:
+    while len(list(store.rglob("*.parquet"))) < 3 and time.time() < deadline \
+            and proc.poll() is None:
         time.sleep(0.02)
     for child in psutil.Process(proc.pid).children(recursive=True):
         if "logits" in child.cmdline():
             child.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=300) != 0 or (cache / "part00.parquet").exists()
-    if (cache / "part00.parquet").exists():
+    assert proc.wait(timeout=300) != 0 or view.exists()
+    if view.exists():
         pytest.skip("the job finished before it could be killed")
-    assert first.exists()
-    assert not (cache / "parts/part00/high_school_european_history.parquet").exists()
-    assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]
-    mtime = first.stat().st_mtime_ns
+    kept = {p: p.stat().st_mtime_ns for p in store.rglob("*.parquet")}
+    assert len(kept) >= 3 and not any(p.name.endswith(".parquet") for p in
+                                      (tmp_path / "data/cache").rglob(".*"))
     snakemake(tmp_path, "--cores", "1")
-    log = (tmp_path / "logs/logits/tiny-llama/harness_e47e01b/first8/part00.log").read_text()
-    assert "reusing finished subject abstract_algebra" in log
-    assert first.stat().st_mtime_ns == mtime
-    assert pl.read_parquet(cache / "part00.parquet").height == 16
+    assert f"computed {16 - 4 * len(kept)}, reused {4 * len(kept)} questions" in \
+        _logits_log(tmp_path, "harness_e47e01b", "first8")
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    assert pl.read_parquet(view).height == 16
+
+
+def test_resource_hints_never_rerun_model_work(finished_run, tmp_path) -> None:
+    """Batch size, token budget, parameter count, GPUs, memory, runtime, partition, threads,
+    checkpointing: none of them changes a cached number, so none reruns conversion or logits."""
+    import yaml
+
+    cfg = yaml.safe_load((finished_run / "config.yaml").read_text())
+    entry = cfg["model_registry"]["tiny-llama"]
+    entry.update(batch_size=1, max_batch_tokens=77, params_b=65.0, gpus=2, mem_mb=1234,
+                 runtime_min=9, slurm_partition="big", slurm_account="acct", constraint="a100")
+    cfg.update(threads_per_model_job=2, checkpoint_questions=3, subjects_per_shard=57)
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    res = snakemake(finished_run, "-n", "--cores", "2", "--configfile", str(edited))
+    assert "Nothing to be done" in res.stdout + res.stderr, res.stdout[-3000:]
+
+
+def test_growing_and_switching_selections(finished_run) -> None:
+    """2 -> 3 questions computes one new question per subject and flavor; the dry run says so
+    before any model is loaded; switching back to 2 runs nothing at all."""
+    res = snakemake(finished_run, "-n", "--cores", "2", "--config", "questions_per_subject=3")
+    out = res.stdout + res.stderr
+    for flavor in ["original", "helm", "harness_e47e01b", "harness_current"]:
+        assert f"tiny-llama / {flavor} / first3/part00: 6 questions, 4 cached, 2 to compute" \
+            in out, out[-3000:]
+    snakemake(finished_run, "--cores", "2", "--config", "questions_per_subject=3")
+    for flavor in ["original", "helm", "harness_e47e01b", "harness_current"]:
+        assert "computed 2, reused 4 questions" in _logits_log(finished_run, flavor, "first3")
+    summary = pl.read_csv(finished_run / "reports/cache_summary.csv")
+    assert summary["computed"].to_list() == [2] * 4 and summary["reused"].to_list() == [4] * 4
+    res = snakemake(finished_run, "-n", "--cores", "2", "--config", "questions_per_subject=2")
+    assert "logits" not in res.stdout, res.stdout[-3000:]

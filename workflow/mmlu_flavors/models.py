@@ -373,7 +373,7 @@ def fingerprint(entry: dict[str, Any], model_dir: str | Path | None = None,
     kind and `trust_remote_code`. None where it cannot be known yet (a Hub branch not in the
     local Hub cache: the job resolves it by loading, `commit` then passes it in)."""
     source = _source(entry, name)
-    fp: dict[str, Any] = {"source": source, "dtype": _dtype(entry, name)[0],
+    fp: dict[str, Any] = {"dtype": _dtype(entry, name)[0],
                           "device": device_kind(entry),
                           "trust_remote_code": entry.get("trust_remote_code", False) is True}
     if source == "hub":
@@ -382,15 +382,17 @@ def fingerprint(entry: dict[str, Any], model_dir: str | Path | None = None,
         if commit is None:
             return None
         fp.update(hub_id=entry["hub_id"], commit=commit)
-    elif source == "gguf":
-        if model_dir is None or not (Path(model_dir) / IDENTITY_FILE).is_file():
-            return None
-        conv = json.loads((Path(model_dir) / IDENTITY_FILE).read_text())
-        fp.update(gguf_sha256=conv["gguf_sha256"])
+        return fp
+    path = Path(model_dir if source == "gguf" else entry["path"]).expanduser() \
+        if (model_dir is not None or source == "local") else None
+    if path is None or not path.is_dir():
+        if source == "gguf":
+            return None  # not converted yet
+        raise _err(entry, "path", f"{path} is not a directory", name)
+    converted = path / IDENTITY_FILE
+    if converted.is_file():  # our own GGUF conversion: the GGUF file names the weights
+        fp.update(gguf_sha256=json.loads(converted.read_text())["gguf_sha256"])
     else:
-        path = Path(entry["path"]).expanduser()
-        if not path.is_dir():
-            raise _err(entry, "path", f"{path} is not a directory", name)
         fp.update(files_sha256=_dir_sha256(path, memo))
     return fp
 
