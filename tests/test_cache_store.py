@@ -242,3 +242,23 @@ def test_plan_counts_without_a_model(prompts, model_dir, tmp_path) -> None:
     store = Store(tmp_path / "store", key, readonly=True)
     assert cache.plan_counts(prompts, store, "original", SUBJECTS, 3, None) == (9, 4)
     assert cache.plan_counts(prompts, store, "original", SUBJECTS[:2], 2, None) == (4, 4)
+
+
+def test_cache_cli_lists_and_prunes_by_config(prompts, model_dir, tmp_path) -> None:
+    import yaml
+
+    _view(tmp_path, prompts, model_dir, n=1, name="a")
+    _view(tmp_path, prompts, model_dir, n=1, name="b", entry=_entry(model_dir, dtype="float16"))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"model_registry": {"tiny": _entry(model_dir)}}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow")}
+    cli = [sys.executable, "-m", "mmlu_flavors.cli", "cache"]
+    listed = subprocess.run(cli + ["list", "--store", str(tmp_path / "store")], env=env,
+                            capture_output=True, text=True, check=True).stdout
+    assert listed.count("abstract_algebra") == 2 and "tiny" in listed
+    keep = models.model_key(models.fingerprint(_entry(model_dir)))
+    out = subprocess.run(cli + ["prune", "--store", str(tmp_path / "store"), "--configfile",
+                                str(cfg)], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert "removed" in out and f"tiny ({keep})" in out
+    assert [p.name for p in (tmp_path / "store").iterdir() if p.is_dir()] == [keep]
