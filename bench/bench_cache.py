@@ -76,6 +76,9 @@ def main() -> None:
     cfg = yaml.safe_load(Path(a.config).read_text())
     if a.models:
         cfg["models"] = a.models
+    for key in ("mmlu_dir", "blog_csv"):  # relative to the checkout, not the work directory
+        if cfg.get(key) and not Path(cfg[key]).is_absolute():
+            cfg[key] = str((ROOT / cfg[key]).resolve())
     base = Path(tempfile.mkdtemp(prefix="bench_cache_"))
     res: dict = {"models": cfg["models"], "subjects": cfg["subjects"],
                  "questions_per_subject": cfg["questions_per_subject"], "grow": a.grow,

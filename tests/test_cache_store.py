@@ -262,3 +262,14 @@ def test_cache_cli_lists_and_prunes_by_config(prompts, model_dir, tmp_path) -> N
                          check=True).stdout
     assert "removed" in out and f"tiny ({keep})" in out
     assert [p.name for p in (tmp_path / "store").iterdir() if p.is_dir()] == [keep]
+
+
+def test_checkpoints_by_count_then_by_time(prompts, model_dir, tmp_path) -> None:
+    """The first checkpoint holds `checkpoint_questions`; later ones are sized to about
+    `checkpoint_seconds` of measured work (here: less than one question's, so one each)."""
+    _view(tmp_path, prompts, model_dir, subjects=SUBJECTS[:1], n=6, checkpoint_questions=3,
+          checkpoint_seconds=1e-6)
+    store = Store(tmp_path / "store", models.model_key(models.fingerprint(_entry(model_dir))))
+    sizes = sorted((pl.read_parquet(p).height for p in store.segments("original", SUBJECTS[0])),
+                   reverse=True)
+    assert sizes == [3, 1, 1, 1]

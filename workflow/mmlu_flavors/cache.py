@@ -14,8 +14,8 @@ Two layers (docs/ARCHITECTURE.md, "Logits cache"):
   questions' rows (`CACHE_SCHEMA`), assembled from the store; what the reductions read.
 
 A job tokenizes its questions (tokenizer only), looks their keys up, loads the model only if
-something is missing, computes the missing questions in checkpoints of
-`checkpoint_questions` (a SIGKILL loses at most one checkpoint), and logs
+something is missing, computes the missing questions in checkpoints of at most
+`checkpoint_questions` and about `checkpoint_seconds` (a SIGKILL loses at most one), and logs
 `computed N, reused M questions`.
 """
 
@@ -63,7 +63,8 @@ STORE_SCHEMA = {"input_key": pl.String, "prompt_key": pl.String, "index": pl.Int
                 **{c: CACHE_SCHEMA[c] for c in _OUTPUT_COLUMNS}}
 STORE_FORMAT = 1  # bump when STORE_SCHEMA or the meaning of a key changes
 DEFAULT_STORE = Path("data/cache/store")
-DEFAULT_CHECKPOINT_QUESTIONS = 64
+DEFAULT_CHECKPOINT_QUESTIONS = 256
+DEFAULT_CHECKPOINT_SECONDS = 300.0
 
 
 class CacheIdentityError(ValueError):
@@ -232,6 +233,7 @@ def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
                  store_root: str | Path = DEFAULT_STORE, *, batch_size: int = 8,
                  max_batch_tokens: int | None = None,
                  checkpoint_questions: int = DEFAULT_CHECKPOINT_QUESTIONS,
+                 checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
                  progress: bool = True, loader: Any = None, stats: JobStats | None = None
                  ) -> pl.DataFrame:
     """Write the view of a shard (model x flavor x subjects), computing only the questions the
@@ -287,7 +289,7 @@ def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
                                           "dtype": loaded.dtype, "device": loaded.device})
             new = _compute(loaded, store, flavor, subject, list(todo.values()), tokenized,
                            keys, pkeys, prompt_rows, letters, batch_size, max_batch_tokens,
-                           checkpoint_questions, progress, stats)
+                           checkpoint_questions, checkpoint_seconds, progress, stats)
             have = pl.concat([have, new])
         frames.append(have)
 
@@ -309,18 +311,24 @@ def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
 def _compute(loaded: Any, store: Store, flavor: str, subject: str, positions: list[int],
              tokenized: list, keys: list[str], pkeys: list[str], prompt_rows: list[dict],
              letters: list[int | None], batch_size: int, max_batch_tokens: int | None,
-             checkpoint: int, progress: bool, stats: JobStats) -> pl.DataFrame:
-    """Run the model on `positions` in checkpoints; each checkpoint is a new segment."""
+             checkpoint: int, checkpoint_seconds: float | None, progress: bool,
+             stats: JobStats) -> pl.DataFrame:
+    """Run the model on `positions` in checkpoints, each a new segment: at most `checkpoint`
+    questions, and after the first, about `checkpoint_seconds` of work (sized from the
+    measured seconds per question), so a kill loses at most that much."""
     from . import engine
 
     out = []
     step = max(1, int(checkpoint))
-    for start in range(0, len(positions), step):
+    start = 0
+    while start < len(positions):
         chunk = positions[start:start + step]
         es = engine.EngineStats()
         kwargs = {"max_batch_tokens": max_batch_tokens} if max_batch_tokens else {}
+        t = time.perf_counter()
         results = engine.run_fast(loaded.model, [tokenized[i].request for i in chunk], letters,
                                   batch_size=batch_size, progress=progress, stats=es, **kwargs)
+        per_question = (time.perf_counter() - t) / len(chunk)
         df = _output_rows([tokenized[i] for i in chunk], results, [keys[i] for i in chunk],
                           [pkeys[i] for i in chunk], [prompt_rows[i]["index"] for i in chunk],
                           letters, loaded.tokenizer)
@@ -330,8 +338,11 @@ def _compute(loaded: Any, store: Store, flavor: str, subject: str, positions: li
         stats.forward_seconds += es.seconds
         stats.segments += 1
         out.append(df)
+        start += len(chunk)
         log.info("%s %s %s: checkpoint of %d questions written (%d/%d)", loaded.name, flavor,
-                 subject, len(chunk), min(start + step, len(positions)), len(positions))
+                 subject, len(chunk), start, len(positions))
+        if checkpoint_seconds:
+            step = max(1, min(int(checkpoint), int(checkpoint_seconds / max(per_question, 1e-6))))
     return pl.concat(out)
 
 

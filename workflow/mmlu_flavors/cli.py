@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from .data import MMLUDataError, Source, load_questions, resolve_source, table_checksum
-from .cache import DEFAULT_CHECKPOINT_QUESTIONS, DEFAULT_STORE
+from .cache import DEFAULT_CHECKPOINT_QUESTIONS, DEFAULT_CHECKPOINT_SECONDS, DEFAULT_STORE
 from .io import atomic_write_parquet, atomic_write_text
 
 log = logging.getLogger("mmlu_flavors")
@@ -78,6 +78,7 @@ def cmd_logits(a: argparse.Namespace) -> None:
                      out, a.store, batch_size=a.batch_size,
                      max_batch_tokens=a.max_batch_tokens or None,
                      checkpoint_questions=a.checkpoint_questions,
+                     checkpoint_seconds=a.checkpoint_seconds or None,
                      progress=not a.no_progress, stats=stats)
     except Terminated:
         log.error("%s: terminated by SIGTERM after %d of %d questions were computed and "
@@ -200,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--batch-size", type=int, default=8)
     lg.add_argument("--max-batch-tokens", type=int, default=0, help="0: the engine default")
     lg.add_argument("--checkpoint-questions", type=int, default=DEFAULT_CHECKPOINT_QUESTIONS,
-                    help="flush computed questions to the store every N")
+                    help="flush computed questions to the store every N at most")
+    lg.add_argument("--checkpoint-seconds", type=float, default=DEFAULT_CHECKPOINT_SECONDS,
+                    help="... and after about this much work (0: by count only)")
     lg.add_argument("--metrics", help="metrics JSON (default: beside --out)")
     lg.add_argument("--no-progress", action="store_true")
     lg.add_argument("--out", required=True)

@@ -36,7 +36,8 @@ rule logits:
         # runtime hints of the engine (never part of a cache key)
         batch_size=lambda wc: int(entry(wc.model).get("batch_size", 8)),
         max_batch_tokens=lambda wc: int(entry(wc.model).get("max_batch_tokens", 0)),
-        checkpoint_questions=int(config.get("checkpoint_questions", 64)),
+        checkpoint_questions=int(config.get("checkpoint_questions", 256)),
+        checkpoint_seconds=int(config.get("checkpoint_seconds", 300)),
     conda:
         ENV
     log:
@@ -48,4 +49,5 @@ rule logits:
         "--questions-per-subject {params.n} --store {params.store:q} "
         "--batch-size {resources.batch_size} --max-batch-tokens {resources.max_batch_tokens} "
         "--checkpoint-questions {resources.checkpoint_questions} "
+        "--checkpoint-seconds {resources.checkpoint_seconds} "
         "--out {output.view:q} --metrics {output.metrics:q} 2> {log:q}"
