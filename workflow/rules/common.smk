@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from mmlu_flavors.data import SUBJECTS
+from mmlu_flavors.data import SUBJECTS, MMLUDataError, resolve_source
 from mmlu_flavors.models import slugify
 
 ENV = "../../envs/mmlu-flavors.yaml"
@@ -46,6 +46,34 @@ SELECTION = "all" if N_PER_SUBJECT is None else f"first{N_PER_SUBJECT}"
 _ordered = [s for s in SUBJECTS if s in CHOSEN_SUBJECTS]
 _per = int(config.get("subjects_per_shard", 57))
 SHARDS = {f"part{i // _per:02d}": _ordered[i:i + _per] for i in range(0, len(_ordered), _per)}
+
+
+# ---- inputs outside data/: checked before any job runs --------------------------------
+
+
+def repo_path(value):
+    """A config path as given when it exists (relative to the working directory), else the
+    same path inside the repository (where the shipped resources/ are)."""
+    p = Path(value)
+    if p.is_absolute() or p.exists():
+        return str(p)
+    in_repo = Path(workflow.basedir) / p
+    return str(in_repo) if in_repo.exists() else str(p)
+
+
+BLOG_CSV = repo_path(config["blog_csv"]) if config.get("blog_csv") else ""
+if BLOG_CSV and not Path(BLOG_CSV).is_file():
+    _fail(f"blog_csv: no such file {config['blog_csv']} (looked in the working directory "
+          f"and in {workflow.basedir})")
+
+# MMLU: mmlu_dir -> resources/mmlu -> Hub; a run that can reach none stops here, before any
+# model work, naming each place tried (once questions.parquet exists its rule owns this)
+if not Path("data/questions.parquet").exists():
+    try:
+        resolve_source(config.get("mmlu_source", "auto"), config.get("mmlu_dir"),
+                       config.get("hub_dataset", "cais/mmlu"), config.get("hub_revision"))
+    except MMLUDataError as e:
+        raise WorkflowError(f"data error: {e}") from None
 
 
 def entry(slug):
