@@ -8,8 +8,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mmlu_flavors.data import (SUBJECTS, MMLUDataError, Source, load_questions, read_hub,
-                               resolve_source, save_hub_layout, table_checksum)
+from mmlu_flavors.data import (SHIPPED_MMLU_DIR, SUBJECTS, MMLUDataError, Source,
+                               load_questions, read_hub, resolve_source, save_hub_layout,
+                               table_checksum)
 
 
 def test_counts_and_schema(questions: pl.DataFrame) -> None:
@@ -82,10 +83,30 @@ def test_checksum_mismatch_detected(mmlu_dir: Path, tmp_path: Path) -> None:
         load_questions(Source("local", str(dst)))
 
 
-def test_source_resolution(mmlu_dir: Path, tmp_path: Path) -> None:
-    assert resolve_source("auto", str(mmlu_dir), "cais/mmlu").kind == "local"
-    assert resolve_source("auto", str(tmp_path / "absent"), "cais/mmlu").kind == "hub"
-    assert resolve_source("auto", None, "cais/mmlu") == Source("hub", "cais/mmlu", None)
+def test_source_resolution(mmlu_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """mmlu_dir -> shipped copy -> Hub; none reachable: one line naming each place tried."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    absent, no_copy = str(tmp_path / "absent"), tmp_path / "no-copy"
+    assert resolve_source("auto", str(mmlu_dir), "cais/mmlu") == \
+        Source("local", str(mmlu_dir.resolve()))
+    shipped = Source("shipped", str(SHIPPED_MMLU_DIR))
+    assert resolve_source("auto", absent, "cais/mmlu") == shipped
+    assert resolve_source("auto", None, "cais/mmlu") == shipped
+    assert resolve_source("local", None, "cais/mmlu") == shipped
+    assert resolve_source("hub", str(mmlu_dir), "cais/mmlu", check_hub=False) == \
+        Source("hub", "cais/mmlu", None)
+    hub_copy = tmp_path / "hub_copy"
+    hub_copy.mkdir()  # a local directory in the Hub layout is always reachable
+    assert resolve_source("auto", absent, str(hub_copy), shipped=no_copy).kind == "hub"
+    with pytest.raises(MMLUDataError) as e:
+        resolve_source("auto", absent, "cais/mmlu", shipped=no_copy)
+    assert str(e.value) == (
+        f"no MMLU data reachable (mmlu_source: auto); tried: mmlu_dir {absent} (no such "
+        f"directory); shipped copy {no_copy} (missing); Hub dataset cais/mmlu (offline "
+        "(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE) and not in the local Hub cache)")
+    with pytest.raises(MMLUDataError, match=r"\(mmlu_source: local\); tried: shipped copy \S+ "
+                       r"\(missing\)$"):
+        resolve_source("local", None, "cais/mmlu", shipped=no_copy)
     with pytest.raises(MMLUDataError, match="mmlu_source"):
         resolve_source("s3", None, "cais/mmlu")
 

@@ -11,7 +11,7 @@ from synthetic_cache import synthetic_cache
 from mmlu_flavors import report
 from mmlu_flavors.reduce import predictions
 
-BLOG = Path(__file__).resolve().parents[1] / ".." / "shared" / "blog" / "mmlu_scores.csv"
+BLOG = Path(__file__).resolve().parents[1] / "resources" / "blog" / "mmlu_scores.csv"
 BLOG_ROWS = """model,hub_id,helm,harness,original
 llama-65b,huggyllama/llama-65b,0.637,0.488,0.636
 llama-7b,huggyllama/llama-7b,0.339,0.342,0.351

@@ -1,5 +1,8 @@
 """MMLU questions from the original Berkeley CSV layout or the Hub (`cais/mmlu`).
 
+Sources, in order (`resolve_source`): the config's `mmlu_dir`, the copy shipped in
+`resources/mmlu/` (all 57 subjects, checksummed), the Hub.
+
 Output is one table, one row per (split, subject, index): `index` is the row in the
 subject's CSV (0-based), `choices` the four answer texts as raw strings, `answer` 0-3.
 """
@@ -9,6 +12,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +37,8 @@ SUBJECTS: tuple[str, ...] = (
     "security_studies", "sociology", "us_foreign_policy", "virology", "world_religions",
 )
 SPLITS: tuple[str, ...] = ("dev", "val", "test")
+# the copy of MMLU tracked in the repository (resources/README.md): the default data source
+SHIPPED_MMLU_DIR = Path(__file__).resolve().parents[2] / "resources" / "mmlu"
 HUB_SPLIT = {"dev": "dev", "val": "validation", "test": "test"}
 LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
 
@@ -39,6 +46,9 @@ SCHEMA = {
     "split": pl.String, "subject": pl.String, "index": pl.Int64, "question": pl.String,
     "choices": pl.List(pl.String), "answer": pl.Int8,
 }
+
+
+log = logging.getLogger(__name__)
 
 
 class MMLUDataError(ValueError):
@@ -49,7 +59,7 @@ class MMLUDataError(ValueError):
 class Source:
     """Where the questions came from, recorded beside the table."""
 
-    kind: str  # "local" | "hub"
+    kind: str  # "local" (mmlu_dir) | "shipped" (resources/mmlu) | "hub"
     location: str
     revision: str | None = None
 
@@ -179,21 +189,59 @@ def read_hub(dataset: str = "cais/mmlu", revision: str | None = None,
     return pl.concat(frames)
 
 
+def hub_unreachable(dataset: str, revision: str | None = None) -> str | None:
+    """Why the Hub dataset cannot be loaded now (None when it can): a local copy of its
+    layout, a cached copy in offline mode, or one metadata request with a short timeout."""
+    if Path(dataset).is_dir():
+        return None
+    import huggingface_hub
+
+    if any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+           for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        try:
+            huggingface_hub.snapshot_download(dataset, repo_type="dataset", revision=revision,
+                                              local_files_only=True)
+            return None
+        except Exception:  # noqa: BLE001 - any failure means: not in the local cache
+            return "offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE) and not in the local Hub cache"
+    try:
+        huggingface_hub.HfApi().dataset_info(dataset, revision=revision, timeout=10)
+    except Exception as e:  # noqa: BLE001 - network, DNS, 404: say which in one line
+        return f"unreachable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
 def resolve_source(source: str, mmlu_dir: str | None, hub_dataset: str,
-                   hub_revision: str | None = None) -> Source:
-    """`auto` uses a local directory when one is configured and present, else the Hub."""
+                   hub_revision: str | None = None, shipped: Path | None = SHIPPED_MMLU_DIR,
+                   check_hub: bool = True) -> Source:
+    """Where to read MMLU, in the documented order: `mmlu_dir` when set and present, else the
+    copy shipped in `resources/mmlu/`, else the Hub dataset. `local` stops after the local
+    places, `hub` goes straight to the Hub. When no place is reachable the error names each
+    place tried, in one line. `check_hub=False` skips the Hub reachability request."""
     if source not in ("auto", "local", "hub"):
         raise MMLUDataError(f"config mmlu_source: {source!r} is not one of auto, local, hub")
-    if source == "local" or (source == "auto" and mmlu_dir and Path(mmlu_dir).is_dir()):
-        if not mmlu_dir:
-            raise MMLUDataError("config mmlu_source is 'local' but mmlu_dir is not set")
-        return Source("local", str(Path(mmlu_dir).resolve()))
-    return Source("hub", hub_dataset, hub_revision)
+    tried: list[str] = []
+    if source in ("auto", "local"):
+        if mmlu_dir:
+            if Path(mmlu_dir).is_dir():
+                return Source("local", str(Path(mmlu_dir).resolve()))
+            tried.append(f"mmlu_dir {mmlu_dir} (no such directory)")
+            log.warning("mmlu_dir %s does not exist; trying the next source", mmlu_dir)
+        if shipped is not None and (Path(shipped) / "test").is_dir():
+            return Source("shipped", str(Path(shipped).resolve()))
+        tried.append(f"shipped copy {shipped} (missing)")
+    if source in ("auto", "hub"):
+        reason = hub_unreachable(hub_dataset, hub_revision) if check_hub else None
+        if reason is None:
+            return Source("hub", hub_dataset, hub_revision)
+        tried.append(f"Hub dataset {hub_dataset} ({reason})")
+    raise MMLUDataError("no MMLU data reachable (mmlu_source: " + source + "); tried: "
+                        + "; ".join(tried))
 
 
 def load_questions(source: Source, subjects: list[str] | None = None) -> pl.DataFrame:
     """Read and validate every split; sorted by split, subject, index."""
-    df = (read_local(source.location, subjects) if source.kind == "local"
+    df = (read_local(source.location, subjects) if source.kind in ("local", "shipped")
           else read_hub(source.location, source.revision, subjects))
     return df.sort("split", "subject", "index")
 

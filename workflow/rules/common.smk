@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mmlu_flavors.data import SUBJECTS
+from mmlu_flavors.data import SUBJECTS, MMLUDataError, resolve_source
 from mmlu_flavors.models import identity_entry, slugify
 
 ENV = "../../envs/mmlu-flavors.yaml"
@@ -52,6 +52,34 @@ SHARDS = {}
 for _i, _s in enumerate(SUBJECTS):
     if _s in CHOSEN_SUBJECTS:
         SHARDS.setdefault(f"part{_i // _per:02d}", []).append(_s)
+
+
+# ---- inputs outside data/: checked before any job runs --------------------------------
+
+
+def repo_path(value):
+    """A config path as given when it exists (relative to the working directory), else the
+    same path inside the repository (where the shipped resources/ are)."""
+    p = Path(value)
+    if p.is_absolute() or p.exists():
+        return str(p)
+    in_repo = Path(workflow.basedir) / p
+    return str(in_repo) if in_repo.exists() else str(p)
+
+
+BLOG_CSV = repo_path(config["blog_csv"]) if config.get("blog_csv") else ""
+if BLOG_CSV and not Path(BLOG_CSV).is_file():
+    _fail(f"blog_csv: no such file {config['blog_csv']} (looked in the working directory "
+          f"and in {workflow.basedir})")
+
+# MMLU: mmlu_dir -> resources/mmlu -> Hub; a run that can reach none stops here, before any
+# model work, naming each place tried (once questions.parquet exists its rule owns this)
+if not Path("data/questions.parquet").exists():
+    try:
+        resolve_source(config.get("mmlu_source", "auto"), config.get("mmlu_dir"),
+                       config.get("hub_dataset", "cais/mmlu"), config.get("hub_revision"))
+    except MMLUDataError as e:
+        raise WorkflowError(f"data error: {e}") from None
 
 
 def entry(slug):

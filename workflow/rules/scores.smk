@@ -30,7 +30,8 @@ rule predictions:
 
 rule report:
     input:
-        "reports/predictions.parquet",
+        predictions="reports/predictions.parquet",
+        blog=BLOG_CSV or [],
     output:
         scores_csv=report("reports/scores.csv", caption="../report/scores.rst", category="Scores"),
         scores_md="reports/scores.md",
@@ -40,7 +41,6 @@ rule report:
         matrices=report(expand("reports/matrix_{m}.png", m=MODELS), caption="../report/matrix.rst", category="Prompt x scorer"),
         subjects=report(expand("reports/subjects_{m}.png", m=MODELS), caption="../report/subjects.rst", category="Subjects"),
     params:
-        blog_csv=config.get("blog_csv") or "",
         hub_ids=json.dumps({n: REGISTRY[n].get("hub_id", "") for n in config["models"]}),
         seed=config.get("bootstrap_seed", 0),
         samples=config.get("bootstrap_samples", 1000),
@@ -52,8 +52,8 @@ rule report:
     log:
         "logs/report.log",
     shell:
-        "{PY} report --predictions {input:q} --out-dir reports "
-        "--blog-csv={params.blog_csv:q} --hub-ids {params.hub_ids:q} "
+        "{PY} report --predictions {input.predictions:q} --out-dir reports "
+        "--blog-csv={input.blog:q} --hub-ids {params.hub_ids:q} "
         "--seed {params.seed} --samples {params.samples} 2> {log:q}"
 
 
