@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from .flavors import Q, get_flavor
+from .flavors import Q, get_flavor, read_as
 from .io import sha256_text
 
 PROMPT_SCHEMA = {
@@ -16,8 +16,10 @@ PROMPT_SCHEMA = {
 }
 
 
-def _qs(df: pl.DataFrame) -> list[Q]:
-    return [Q(r["question"], tuple(r["choices"]), int(r["answer"]), int(r["index"]))
+def _qs(df: pl.DataFrame, reading: str) -> list[Q]:
+    """Rows of one split and subject as the flavor's reference reads them."""
+    return [read_as(Q(r["question"], tuple(r["choices"]), int(r["answer"]), int(r["index"])),
+                    reading)
             for r in df.sort("index").iter_rows(named=True)]
 
 
@@ -40,8 +42,8 @@ def build_prompts(questions: pl.DataFrame, flavor: str, num_fewshot: int = 5,
     by_split = questions.partition_by("split", "subject", as_dict=True)
     rows: list[dict] = []
     for subject in chosen:
-        test = _qs(by_split[("test", subject)])
-        pool = _qs(by_split[(fl.shot_split, subject)])
+        test = _qs(by_split[("test", subject)], fl.reading)
+        pool = _qs(by_split[(fl.shot_split, subject)], fl.reading)
         rendered = fl.render(subject, test, pool, num_fewshot)
         if questions_per_subject is not None:
             rendered, test = rendered[:questions_per_subject], test[:questions_per_subject]
