@@ -54,17 +54,39 @@ def _not_tied(values: list[float], i: int) -> bool:
     return all(abs(values[i] - v) > TOL for j, v in enumerate(values) if j != i)
 
 
+_NAIVE: dict = {}
+
+# (engine mode, max_batch_tokens, max_length): "tight" cuts max_length to 600 so that some
+# harness requests need left truncation and others do not, and the budget to two such rows
+VARIANTS = {"batched": ("batched", None, None), "batched-tight": ("batched", 1300, 600),
+            "per_question": ("per_question", None, None)}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("flavor", FLAVORS)
-def test_fast_equals_naive_on_real_prompts(loaded, prompts, flavor) -> None:
+def test_fast_equals_naive_on_real_prompts(loaded, prompts, flavor, variant) -> None:
+    mode, budget, max_length = VARIANTS[variant]
+    max_length = max_length or loaded.max_length
     rows = prompts.filter(pl.col("flavor") == flavor).to_dicts()
-    toks = [tokenize_row(r, loaded.tokenizer, loaded.max_length) for r in rows]
+    toks = [tokenize_row(r, loaded.tokenizer, max_length) for r in rows]
     reqs = [t.request for t in toks]
     letters = letter_ids(loaded.tokenizer)
     stats = engine.EngineStats()
-    fast = engine.run_fast(loaded.model, reqs, letters, batch_size=4, progress=False, stats=stats)
-    naive = engine.run_naive(loaded.model, reqs, letters)
+    fast = engine.run_fast(loaded.model, reqs, letters, batch_size=4, progress=False,
+                           stats=stats, mode=mode, max_batch_tokens=budget)
+    key = (loaded.name, flavor, max_length)
+    if key not in _NAIVE:
+        _NAIVE[key] = engine.run_naive(loaded.model, reqs, letters)
+    naive = _NAIVE[key]
+    assert stats.extra["mode"] == mode
     if flavor in ("original", "helm", "harness_current"):
         assert stats.groups < len(reqs)  # a subject's questions shared their few-shot prefix
+    if variant == "batched-tight" and flavor.startswith("harness"):
+        assert 0 < stats.naive_fallbacks < len(reqs)  # truncated and untruncated, batched
+    if mode == "batched" and budget is None:
+        assert stats.forwards < len(reqs) and stats.pad_tokens > 0
+    if budget is not None:
+        assert max(stats.forward_tokens) <= budget and stats.pad_tokens > 0
     for f, n in zip(fast, naive):
         assert all(_close(a, b) for a, b in zip(f.candidate_logprobs, n.candidate_logprobs))
         assert _close(f.greedy_logprob, n.greedy_logprob)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest_models import BOS, mmlu_like_requests, tiny_gemma3, tiny_llama
 
-from mmlu_flavors.engine import (EngineStats, check_head, group_by_prefix, run_fast,
-                                 run_naive)
+from mmlu_flavors.engine import (EngineStats, batched_support, check_head, group_by_prefix,
+                                 planned_tokens, run_fast, run_naive)
 from mmlu_flavors.tokenize import Request
 
 TOL = 1e-4
@@ -50,12 +50,24 @@ def model_and_requests(request):
     return tiny_gemma3(), mmlu_like_requests(seed=2, bos=BOS)
 
 
-def test_fast_equals_naive(model_and_requests):
+# batched: default budget (a forward per group), a small one (padded batches of a few rows,
+# prefix groups split over several forwards) and one below a row (one row per forward)
+MODES = [("batched", None), ("batched", 120), ("batched", 8), ("per_question", None)]
+
+
+@pytest.mark.parametrize("mode,budget", MODES)
+def test_fast_equals_naive(model_and_requests, mode, budget):
     model, requests = model_and_requests
     naive = run_naive(model, requests, LETTER_IDS)
     stats = EngineStats()
-    fast = run_fast(model, requests, LETTER_IDS, batch_size=3, progress=False, stats=stats)
+    fast = run_fast(model, requests, LETTER_IDS, batch_size=3, progress=False, stats=stats,
+                    mode=mode, max_batch_tokens=budget)
     assert_same(fast, naive)
+    assert stats.extra["mode"] == mode
+    assert len(stats.forward_tokens) == stats.forwards
+    assert sum(stats.forward_tokens) == stats.tokens
+    if mode == "batched" and budget is None:  # two groups' prefix + rows, then the pool
+        assert stats.forwards == 5 and stats.groups == 3
     # the requests exercise every path
     assert stats.naive_fallbacks == 1
     assert sum(1 for p, m in group_by_prefix(requests) if p >= 32 and len(m) >= 3) == 2
@@ -71,20 +83,28 @@ def test_fast_equals_naive(model_and_requests):
 
 
 def test_planned_tokens_match_what_run_fast_runs(model_and_requests):
-    from mmlu_flavors.engine import planned_tokens
-
     model, requests = model_and_requests
     for batch in (1, 3, 8):
         stats = EngineStats()
-        run_fast(model, requests, LETTER_IDS, batch_size=batch, progress=False, stats=stats)
-        assert planned_tokens(requests, batch) == (stats.tokens, stats.naive_fallbacks)
+        run_fast(model, requests, LETTER_IDS, batch_size=batch, progress=False, stats=stats,
+                 mode="per_question")
+        assert planned_tokens(requests, batch, mode="per_question") == (
+            stats.tokens, stats.naive_fallbacks)
+    for budget in (8, 120, 400, None):
+        stats = EngineStats()
+        run_fast(model, requests, LETTER_IDS, progress=False, stats=stats,
+                 max_batch_tokens=budget)
+        assert planned_tokens(requests, max_batch_tokens=budget, device="cpu") == (
+            stats.tokens, stats.naive_fallbacks), budget
 
 
-def test_fast_does_less_work(model_and_requests):
+@pytest.mark.parametrize("mode", ["batched", "per_question"])
+def test_fast_does_less_work(model_and_requests, mode):
     model, requests = model_and_requests
     s_naive, s_fast = EngineStats(), EngineStats()
     run_naive(model, requests, LETTER_IDS, stats=s_naive)
-    run_fast(model, requests, LETTER_IDS, batch_size=8, progress=False, stats=s_fast)
+    run_fast(model, requests, LETTER_IDS, batch_size=8, progress=False, stats=s_fast,
+             mode=mode)
     assert s_fast.tokens * 4 < s_naive.tokens
     assert s_fast.head_positions * 5 < s_naive.head_positions
 
@@ -97,7 +117,8 @@ def test_letter_ids_rule_and_greedy_flags(model_and_requests):
     greedy = run_naive(model, [r], LETTER_IDS)[0].greedy_id
     probe = Request(r.context, [[greedy], [10], [], [11, 12]] * 2, r.max_length)
     for res in (run_naive(model, [probe], LETTER_IDS),
-                run_fast(model, [probe], LETTER_IDS, progress=False)):
+                run_fast(model, [probe], LETTER_IDS, progress=False),
+                run_fast(model, [probe], LETTER_IDS, progress=False, mode="per_question")):
         res = res[0]
         assert res.token_is_greedy[0] == [True]
         assert res.token_logprobs[0][0] == pytest.approx(res.greedy_logprob, abs=TOL)
@@ -110,8 +131,9 @@ def test_sliding_window_prefix_longer_than_window():
     the sliding layers' cumulative length (positions and mask offset)."""
     model = tiny_gemma3(seed=5, sliding_window=8)
     reqs = mmlu_like_requests(seed=7, bos=BOS, prefix_len=33)
-    assert_same(run_fast(model, reqs, LETTER_IDS, progress=False),
-                run_naive(model, reqs, LETTER_IDS))
+    naive = run_naive(model, reqs, LETTER_IDS)
+    for mode in ("batched", "per_question"):
+        assert_same(run_fast(model, reqs, LETTER_IDS, progress=False, mode=mode), naive)
 
 
 def test_group_by_prefix():
@@ -163,7 +185,8 @@ def test_batch_backs_off_on_out_of_memory(model_and_requests, monkeypatch):
 
     monkeypatch.setattr(engine._Fast, "forward", forward)
     stats = EngineStats()
-    fast = run_fast(model, requests, LETTER_IDS, batch_size=8, progress=False, stats=stats)
+    fast = run_fast(model, requests, LETTER_IDS, batch_size=8, progress=False, stats=stats,
+                    mode="per_question")
     assert_same(fast, naive)
     assert stats.extra["batch_size_backoffs"] == 2  # 8 -> 4 -> 2
 
@@ -172,4 +195,74 @@ def test_batch_backs_off_on_out_of_memory(model_and_requests, monkeypatch):
 
     monkeypatch.setattr(engine._Fast, "forward", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        run_fast(model, requests, LETTER_IDS, batch_size=8, progress=False)
+        run_fast(model, requests, LETTER_IDS, batch_size=8, progress=False,
+                 mode="per_question")
+
+
+def test_token_budget_halves_on_out_of_memory(model_and_requests, monkeypatch, caplog):
+    """A batched forward over 100 query tokens 'runs out of memory': the budget halves
+    until batches fit, the log says so, and the numbers stay exact."""
+    from mmlu_flavors import engine
+
+    model, requests = model_and_requests
+    naive = run_naive(model, requests, LETTER_IDS)
+    real = engine._Batched.forward
+
+    def forward(self, rows, prefix_len, cache):
+        if len(rows) > 1 and len(rows) * max(len(r.tokens) for r in rows) > 100:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real(self, rows, prefix_len, cache)
+
+    monkeypatch.setattr(engine._Batched, "forward", forward)
+    stats = EngineStats()
+    with caplog.at_level("WARNING", logger="mmlu_flavors.engine"):
+        fast = run_fast(model, requests, LETTER_IDS, progress=False, stats=stats,
+                        max_batch_tokens=1600)
+    assert_same(fast, naive)
+    assert stats.extra["budget_backoffs"] >= 2
+    assert "out of memory: max_batch_tokens reduced to 800" in caplog.text
+    assert max(stats.forward_tokens[1:]) <= 1600  # the prefix forward is not batched
+
+    def broken(self, rows, prefix_len, cache):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(engine._Batched, "forward", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_fast(model, requests, LETTER_IDS, progress=False)
+
+
+def test_guard_falls_back_when_masks_are_not_honoured(caplog):
+    """An architecture that ignores custom 4-D masks (here: a body that drops them) is
+    caught by the probe: run_fast logs it, runs one question at a time, stays exact."""
+    import functools
+
+    model = tiny_gemma3(seed=3, sliding_window=8)
+    requests = mmlu_like_requests(seed=4, bos=BOS, prefix_len=20)
+    naive = run_naive(model, requests, LETTER_IDS)
+    real = model.model.forward
+
+    @functools.wraps(real)
+    def drops_custom_masks(*args, attention_mask=None, **kwargs):
+        if isinstance(attention_mask, dict) or getattr(attention_mask, "ndim", 2) == 4:
+            attention_mask = None
+        return real(*args, attention_mask=attention_mask, **kwargs)
+
+    model.model.forward = drops_custom_masks
+    stats = EngineStats()
+    with caplog.at_level("WARNING", logger="mmlu_flavors.engine"):
+        fast = run_fast(model, requests, LETTER_IDS, progress=False, stats=stats)
+    assert "batched engine unavailable (probe: batched differs" in caplog.text
+    assert stats.extra["mode"] == "per_question"
+    assert_same(fast, naive)
+    # the same model with its masks honoured passes the guard
+    model.model.forward = real
+    model._mmlu_flavors_batched = None
+    assert batched_support(model) is None
+
+
+def test_guard_static_reasons():
+    model = tiny_llama()
+    assert batched_support(model) is None
+    other = tiny_llama()
+    other.config._attn_implementation = "flash_attention_2"
+    assert "flash_attention_2" in batched_support(other)

@@ -66,6 +66,7 @@ class EngineStats:
     naive_fallbacks: int = 0
     groups: int = 0
     seconds: float = 0.0
+    forward_tokens: list[int] = field(default_factory=list)  # per forward call, padding incl.
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -120,6 +121,7 @@ def _naive_one(model: Any, r: Request, letter_ids: Sequence[int | None],
     stats.tokens += len(ctx_in)
     stats.head_positions += len(ctx_in)
     stats.forwards += 1
+    stats.forward_tokens.append(len(ctx_in))
     scores = []
     for cont in r.continuations:
         if not cont:
@@ -135,6 +137,7 @@ def _naive_one(model: Any, r: Request, letter_ids: Sequence[int | None],
         stats.tokens += len(inp)
         stats.head_positions += len(inp)
         stats.forwards += 1
+        stats.forward_tokens.append(len(inp))
     return _result(answer, scores)
 
 
@@ -271,6 +274,7 @@ class _Fast:
         self.stats.tokens += len(ids) * len(ids[0])
         self.stats.pad_tokens += pad
         self.stats.forwards += 1
+        self.stats.forward_tokens.append(len(ids) * len(ids[0]))
         return out.last_hidden_state
 
     def request(self, r: Request, prefix_len: int, prefix_cache: Any | None) -> EngineResult:
@@ -310,10 +314,373 @@ class _Fast:
         return _result(answer, scores)
 
 
+# ------------------------------------------------- batched path (many questions per forward)
+
+DEFAULT_MAX_BATCH_TOKENS = {"cpu": 2048, "mps": 4096, "cuda": 16384}
+HEAD_ROWS = 256  # positions per output-head call (bounds the float32 vocabulary log-softmax)
+MODES = ("batched", "per_question")
+
+
+def default_max_batch_tokens(device: str | torch.device) -> int:
+    """Query tokens per forward (padding included) when the model entry sets none."""
+    return DEFAULT_MAX_BATCH_TOKENS.get(torch.device(device).type, 2048)
+
+
+class _Acc:
+    """One request's answer and continuation scores, filled by the rows that compute them."""
+
+    def __init__(self, r: Request, letter_ids: Sequence[int | None]):
+        self.r, self.letter_ids = r, letter_ids
+        self.answer: dict[str, Any] | None = None
+        self.scores: list[Any] = [([], [], 0.0) if not c else None for c in r.continuations]
+
+    def tree(self, lp: torch.Tensor) -> None:
+        """Rows of `lp`: the answer position, then each continuation's tokens but its last
+        (those of length > 1, in order)."""
+        self.answer = _answer(lp[0], self.letter_ids)
+        offset = 1
+        for j, cont in enumerate(self.r.continuations):
+            if len(cont) > 1:
+                n = len(cont) - 1
+                self.scores[j] = _score(torch.cat([lp[:1], lp[offset:offset + n]]), cont)
+                offset += n
+            elif cont:
+                self.scores[j] = _score(lp[:1], cont)
+
+    def set_answer(self, lp: torch.Tensor) -> None:
+        self.answer = _answer(lp[0], self.letter_ids)
+
+    def set_score(self, j: int) -> Any:
+        def sink(lp: torch.Tensor) -> None:
+            self.scores[j] = _score(lp, self.r.continuations[j])
+        return sink
+
+    def result(self) -> EngineResult:
+        assert self.answer is not None and all(s is not None for s in self.scores)
+        return _result(self.answer, self.scores)
+
+
+@dataclass
+class _Row:
+    """One batch row: a question's suffix followed by its continuation branches (a tree),
+    or one plain sequence. `branch` 0 is the trunk; a token sees the prefix, earlier trunk
+    tokens and earlier tokens of its own branch. `outs`: positions whose log-probs a sink
+    needs."""
+
+    tokens: list[int]
+    pos: list[int]
+    branch: list[int]
+    outs: list[tuple[list[int], Any]]
+
+
+@dataclass
+class _Group:
+    prefix: list[int]  # empty: rows start at position 0 and need no cache
+    rows: list[_Row]
+
+
+def _tree_row(r: Request, prefix_len: int, acc: _Acc) -> _Row:
+    trunk = list(r.context[prefix_len:])
+    tokens, pos = list(trunk), list(range(prefix_len, len(r.context)))
+    branch = [0] * len(trunk)
+    outs = [len(trunk) - 1]
+    b = 0
+    for cont in r.continuations:
+        if len(cont) > 1:
+            b += 1
+            n = len(cont) - 1
+            outs += range(len(tokens), len(tokens) + n)
+            tokens += cont[:-1]
+            pos += range(len(r.context), len(r.context) + n)
+            branch += [b] * n
+    return _Row(tokens, pos, branch, [(outs, acc.tree)])
+
+
+def _chain_rows(r: Request, acc: _Acc, rows: dict[tuple[int, ...], _Row]) -> None:
+    """A truncated request exactly as `run_naive` runs it: the answer from
+    `context[-max_length:]`, continuation j from `(context + cont_j)[-(max_length+1):][:-1]`,
+    each a sequence of its own from position 0; identical sequences run once."""
+
+    def add(seq: list[int], outs: list[int], sink: Any) -> None:
+        row = rows.get(tuple(seq))
+        if row is None:
+            row = rows[tuple(seq)] = _Row(seq, list(range(len(seq))), [0] * len(seq), [])
+        row.outs.append((outs, sink))
+
+    ctx = list(r.context[-r.max_length:])
+    add(ctx, [len(ctx) - 1], acc.set_answer)
+    for j, cont in enumerate(r.continuations):
+        if not cont:
+            continue
+        if len(cont) > r.max_length:
+            raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length "
+                             f"{r.max_length}")
+        inp = (list(r.context) + list(cont))[-(r.max_length + 1):][:-1]
+        add(inp, list(range(len(inp) - len(cont), len(inp))), acc.set_score(j))
+
+
+def _plan(requests: Sequence[Request], accs: Sequence[_Acc], min_prefix: int
+          ) -> list[_Group]:
+    """Prefix groups of >= 2 untruncated questions run their rows on the shared prefix's
+    cache; every other question (and each truncated request's sequences) joins one pool of
+    rows that start at position 0. Rows are sorted longest first (as lm-eval does)."""
+    groups: list[_Group] = []
+    pool: list[_Row] = []
+    chains: dict[tuple[int, ...], _Row] = {}
+    for prefix_len, members in group_by_prefix(requests, min_prefix):
+        tree = [i for i in members if not _needs_truncation(requests[i])]
+        for i in members:
+            if _needs_truncation(requests[i]):
+                _chain_rows(requests[i], accs[i], chains)
+        if prefix_len and len(tree) >= 2:
+            rows = [_tree_row(requests[i], prefix_len, accs[i]) for i in tree]
+            groups.append(_Group(list(requests[tree[0]].context[:prefix_len]), rows))
+        else:
+            pool += [_tree_row(requests[i], 0, accs[i]) for i in tree]
+    pool += chains.values()
+    if pool:
+        groups.append(_Group([], pool))
+    for g in groups:
+        g.rows.sort(key=lambda row: -len(row.tokens))
+    return groups
+
+
+def _take(rows: Sequence[_Row], start: int, budget: int) -> int:
+    """End of the batch that starts at `start`: rows (sorted longest first) while
+    rows x width <= budget, at least one."""
+    width = len(rows[start].tokens)
+    n = max(1, budget // max(width, 1))
+    return min(len(rows), start + n)
+
+
+class _Batched:
+    """Runs groups of rows: one forward per batch of rows, explicit position ids and a 4-D
+    attention mask per attention kind (full, or sliding with its window)."""
+
+    def __init__(self, model: Any, stats: EngineStats, budget: int):
+        from transformers import DynamicCache
+
+        self.model, self.body, self.stats, self.budget = model, _body(model), stats, budget
+        self.dev = _device(model)
+        self.new_cache = lambda: DynamicCache(config=model.config)
+        params = inspect.signature(self.body.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        layers = self.new_cache().layers
+        self.windows = [getattr(lay, "sliding_window", None) if getattr(lay, "is_sliding", False)
+                        else None for lay in layers]
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
+            else model.config
+        self.layer_types = getattr(cfg, "layer_types", None)
+        self.eager = getattr(cfg, "_attn_implementation", None) == "eager"
+        self.dtype = next(model.parameters()).dtype
+
+    def back_off(self, error: BaseException, rows: int) -> None:
+        """Halve the token budget after an out-of-memory error; re-raise anything else (or
+        when a single row already ran out of memory)."""
+        if not _is_oom(error) or rows == 1:
+            raise error
+        self.budget //= 2
+        self.stats.extra["budget_backoffs"] = self.stats.extra.get("budget_backoffs", 0) + 1
+        log.warning("out of memory: max_batch_tokens reduced to %d", self.budget)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _mask(self, pos: torch.Tensor, branch: torch.Tensor, valid: torch.Tensor,
+              window: int | None, prefix_len: int, cached: int) -> torch.Tensor:
+        """(B, 1, L, cached + L) mask; True = attend. Pad queries see only themselves."""
+        q, k = pos[:, :, None], pos[:, None, :]
+        bq, bk = branch[:, :, None], branch[:, None, :]
+        new = ((bk == 0) | (bk == bq)) & (k <= q) & valid[:, None, :]
+        if window is not None:
+            new &= (q - k) < window
+        new |= torch.eye(pos.shape[1], dtype=torch.bool, device=pos.device)
+        if cached:
+            cpos = torch.arange(prefix_len - cached, prefix_len, device=pos.device)
+            old = torch.ones(*pos.shape, cached, dtype=torch.bool, device=pos.device)
+            if window is not None:
+                old = (q - cpos[None, None, :]) < window
+            new = torch.cat([old, new], dim=-1)
+        mask = new[:, None]
+        if self.eager:
+            zero = torch.zeros((), dtype=self.dtype, device=pos.device)
+            mask = torch.where(mask, zero, torch.finfo(self.dtype).min)
+        return mask
+
+    def forward(self, rows: Sequence[_Row], prefix_len: int, cache: Any | None
+                ) -> torch.Tensor:
+        """Final hidden states (B, L, hidden) of right-padded rows on a copy of `cache`."""
+        width = max(len(r.tokens) for r in rows)
+        fill = lambda xs, v: [x + [v] * (width - len(x)) for x in xs]  # noqa: E731
+        ids = _ids(fill([r.tokens for r in rows], PAD_ID), self.dev)
+        pos = torch.tensor(fill([r.pos for r in rows], 0), device=self.dev)
+        branch = torch.tensor(fill([r.branch for r in rows], -1), device=self.dev)
+        valid = torch.tensor(fill([[True] * len(r.tokens) for r in rows], False),
+                             device=self.dev)
+        masks: dict[int | None, torch.Tensor] = {}
+        kw: dict[str, Any] = {"use_cache": False}
+        if cache is not None:
+            cache = _copy_cache(cache, len(rows))
+            kw = {"use_cache": True, self.cache_kw: cache}
+        for i, w in enumerate(self.windows):
+            if w not in masks:
+                cached = 0 if cache is None else int(cache.layers[i].keys.shape[-2])
+                masks[w] = self._mask(pos, branch, valid, w, prefix_len, cached)
+        if len(masks) == 1:
+            attn: Any = next(iter(masks.values()))
+        else:
+            attn = {t: masks[w] for t, w in zip(self.layer_types, self.windows)}
+        out = self.body(input_ids=ids, position_ids=pos, attention_mask=attn, **kw)
+        n = len(rows) * width
+        self.stats.tokens += n
+        self.stats.pad_tokens += n - sum(len(r.tokens) for r in rows)
+        self.stats.forwards += 1
+        self.stats.forward_tokens.append(n)
+        return out.last_hidden_state
+
+    def prefix(self, tokens: list[int]) -> Any:
+        cache = self.new_cache()
+        self.body(input_ids=_ids(tokens, self.dev), use_cache=True, **{self.cache_kw: cache})
+        self.stats.tokens += len(tokens)
+        self.stats.forwards += 1
+        self.stats.forward_tokens.append(len(tokens))
+        return cache
+
+    def heads(self, rows: Sequence[_Row], hidden: torch.Tensor) -> None:
+        """Log-probs at every requested position, handed to the rows' sinks."""
+        pending: list[tuple[torch.Tensor, Any]] = []
+        size = 0
+
+        def flush() -> None:
+            nonlocal pending, size
+            if not pending:
+                return
+            lp = torch.log_softmax(_head(self.model, torch.cat([h for h, _ in pending])), -1)
+            self.stats.head_positions += lp.shape[0]
+            at = 0
+            for h, sink in pending:
+                sink(lp[at:at + h.shape[0]])
+                at += h.shape[0]
+            pending, size = [], 0
+
+        for b, row in enumerate(rows):
+            for outs, sink in row.outs:
+                if size + len(outs) > HEAD_ROWS:
+                    flush()
+                pending.append((hidden[b, outs], sink))
+                size += len(outs)
+        flush()
+
+    def run(self, groups: Sequence[_Group], bar: Any = None) -> None:
+        for g in groups:
+            self.stats.groups += 1
+            cache = self.prefix(g.prefix) if g.prefix else None
+            start = 0
+            while start < len(g.rows):
+                end = _take(g.rows, start, self.budget)
+                chunk = g.rows[start:end]
+                try:
+                    hidden = self.forward(chunk, len(g.prefix), cache)
+                except (RuntimeError, MemoryError) as e:
+                    self.back_off(e, len(chunk))
+                    continue
+                self.heads(chunk, hidden)
+                start = end
+                if bar is not None:
+                    bar.update(len(chunk))
+
+
+# ------------------------------------------------------------------------ guard
+
+_SUPPORTED_ATTN = ("sdpa", "eager")
+
+
+def batched_support(model: Any) -> str | None:
+    """Why the batched path cannot run this model exactly, or None when it can. Static
+    checks (attention implementation, cache layer kinds, mask routing), then a probe that
+    compares the batched and per-question paths on a few synthetic requests whose prefix
+    crosses the sliding window. Checked once per model object."""
+    cached = getattr(model, "_mmlu_flavors_batched", None)
+    if cached is not None:
+        return cached or None
+    reason = _static_reason(model) or _probe_reason(model)
+    model._mmlu_flavors_batched = reason or ""
+    return reason
+
+
+def _static_reason(model: Any) -> str | None:
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
+        else model.config
+    impl = getattr(cfg, "_attn_implementation", None)
+    if impl not in _SUPPORTED_ATTN:
+        return f"attention implementation {impl!r} takes no 4-D mask (need sdpa or eager)"
+    params = inspect.signature(_body(model).forward).parameters
+    if not {"position_ids", "attention_mask"} <= set(params):
+        return "the model body takes no position_ids/attention_mask"
+    layers = DynamicCache(config=model.config).layers
+    kinds = {type(lay) for lay in layers}
+    if not kinds <= {DynamicLayer, DynamicSlidingWindowLayer}:
+        return f"cache layers {sorted(k.__name__ for k in kinds)} are not plain/sliding"
+    windows = {getattr(lay, "sliding_window", None) if getattr(lay, "is_sliding", False) else None
+               for lay in layers}
+    types = getattr(cfg, "layer_types", None)
+    if len(windows) > 1 and (not types or len(types) != len(layers)):
+        return "mixed attention layers without config.layer_types to route masks"
+    return None
+
+
+def _probe_reason(model: Any) -> str | None:
+    import random
+
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
+        else model.config
+    rng = random.Random(0)
+    vocab = int(cfg.vocab_size)
+    toks = lambda n: [rng.randrange(min(3, vocab - 1), vocab) for _ in range(n)]  # noqa: E731
+    windows = [getattr(lay, "sliding_window", None) for lay in
+               _Batched(model, EngineStats(), 1 << 30).new_cache().layers
+               if getattr(lay, "is_sliding", False)]
+    plen = min(min(windows) + 8, 1024) if windows else 40
+    prefix = toks(plen)
+    conts = lambda: [toks(1), toks(3), toks(2), toks(1)]  # noqa: E731
+    reqs = [Request(prefix + toks(5), conts(), 4096), Request(prefix + toks(9), conts(), 4096),
+            Request(toks(12), conts(), 4096), Request(toks(7), conts(), 4096)]
+    ref = _run_per_question(model, reqs, [None], 8, EngineStats(), MIN_SHARED_PREFIX)
+    got = _run_batched(model, reqs, [None], EngineStats(), 1 << 20, MIN_SHARED_PREFIX)
+    diff = max(abs(a - b) for f, r in zip(got, ref)
+               for a, b in zip(f.topk_logprobs + [x for t in f.token_logprobs for x in t],
+                               r.topk_logprobs + [x for t in r.token_logprobs for x in t]))
+    tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 0.25
+    if not diff <= tol:
+        return f"probe: batched differs from per-question by {diff:g} (> {tol:g})"
+    return None
+
+
+# ------------------------------------------------------------------------ entry points
+
 def planned_tokens(requests: Sequence[Request], batch_size: int = 8,
-                   min_prefix: int = MIN_SHARED_PREFIX) -> tuple[int, int]:
+                   min_prefix: int = MIN_SHARED_PREFIX, max_batch_tokens: int | None = None,
+                   mode: str = "batched", device: str = "cuda") -> tuple[int, int]:
     """(tokens, naive fallbacks) that `run_fast` will run for these requests, without a
-    model: padding included, no out-of-memory back-off. Used to size cluster jobs."""
+    model: padding included, no out-of-memory back-off. `max_batch_tokens` None means
+    `device`'s default (cluster jobs run on GPUs). Used to size cluster jobs. In batched
+    mode truncated requests are batched too; the count is those requests."""
+    if mode == "batched":
+        budget = max_batch_tokens or default_max_batch_tokens(device)
+        accs = [_Acc(r, [None]) for r in requests]
+        total = 0
+        for g in _plan(requests, accs, min_prefix):
+            total += len(g.prefix)
+            start = 0
+            while start < len(g.rows):
+                end = _take(g.rows, start, budget)
+                total += (end - start) * len(g.rows[start].tokens)
+                start = end
+        return total, sum(map(_needs_truncation, requests))
+    if mode != "per_question":
+        raise ValueError(f"engine mode {mode!r} is not one of {MODES}")
     total = fallbacks = 0
     for prefix_len, members in group_by_prefix(requests, min_prefix):
         prefix_done = False
@@ -336,21 +703,27 @@ def planned_tokens(requests: Sequence[Request], batch_size: int = 8,
     return total, fallbacks
 
 
-def run_fast(model: Any, requests: Sequence[Request], letter_ids: Sequence[int | None],
-             batch_size: int = 8, progress: bool = True, stats: EngineStats | None = None,
-             min_prefix: int = MIN_SHARED_PREFIX) -> list[EngineResult]:
-    """Same numbers as `run_naive` with prefix and context cache reuse, head only where
-    needed; `batch_size` caps the rows of one continuation batch. Fills `stats`."""
+def _run_batched(model: Any, requests: Sequence[Request], letter_ids: Sequence[int | None],
+                 stats: EngineStats, budget: int, min_prefix: int, progress: bool = False
+                 ) -> list[EngineResult]:
     from tqdm.auto import tqdm
 
-    stats = stats if stats is not None else EngineStats()
-    if not requests:
-        return []
-    check_head(model)
+    accs = [_Acc(r, letter_ids) for r in requests]
+    groups = _plan(requests, accs, min_prefix)
+    bar = tqdm(total=sum(len(g.rows) for g in groups), unit="row", disable=not progress,
+               desc="forward")
+    with torch.inference_mode():
+        _Batched(model, stats, budget).run(groups, bar)
+    bar.close()
+    stats.naive_fallbacks += sum(map(_needs_truncation, requests))
+    return [a.result() for a in accs]
+
+
+def _run_per_question(model: Any, requests: Sequence[Request],
+                      letter_ids: Sequence[int | None], batch_size: int, stats: EngineStats,
+                      min_prefix: int, bar: Any = None) -> list[EngineResult]:
     fast = _Fast(model, letter_ids, batch_size, stats)
     results: list[EngineResult | None] = [None] * len(requests)
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(requests), unit="prompt", disable=not progress, desc="forward")
     with torch.inference_mode():
         for prefix_len, members in group_by_prefix(requests, min_prefix):
             stats.groups += 1
@@ -366,11 +739,49 @@ def run_fast(model: Any, requests: Sequence[Request], letter_ids: Sequence[int |
                         fast.forward([r.context[:prefix_len]], prefix_cache)
                     results[i] = fast.request(r, prefix_len if prefix_cache is not None else 0,
                                               prefix_cache)
-                stats.prompts += 1
-                bar.update(1)
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix(tok_s=f"{stats.tokens / max(elapsed, 1e-9):.0f}",
-                                refresh=False)
-    bar.close()
-    stats.seconds += time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(1)
     return results  # type: ignore[return-value]
+
+
+def run_fast(model: Any, requests: Sequence[Request], letter_ids: Sequence[int | None],
+             batch_size: int = 8, progress: bool = True, stats: EngineStats | None = None,
+             min_prefix: int = MIN_SHARED_PREFIX, max_batch_tokens: int | None = None,
+             mode: str = "batched") -> list[EngineResult]:
+    """Same numbers as `run_naive`, one result per request in request order. Fills `stats`.
+
+    mode "batched" (default): many questions per forward — a prefix group's suffixes and
+    continuations as rows on the shared prefix cache, every other question (and truncated
+    request) as length-sorted padded rows; `max_batch_tokens` (default per device) bounds
+    rows x width of one forward and halves after an out-of-memory error. A model whose
+    masks the scheme cannot honour (`batched_support`) runs "per_question" instead.
+    mode "per_question": one question at a time on the prefix cache, its continuations in
+    batches of `batch_size` rows; truncated requests take the naive path."""
+    from tqdm.auto import tqdm
+
+    if mode not in MODES:
+        raise ValueError(f"engine mode {mode!r} is not one of {MODES}")
+    stats = stats if stats is not None else EngineStats()
+    if not requests:
+        return []
+    check_head(model)
+    if mode == "batched":
+        reason = batched_support(model)
+        if reason:
+            log.warning("%s: batched engine unavailable (%s); running one question at a "
+                        "time", type(model).__name__, reason)
+            mode = "per_question"
+    stats.extra["mode"] = mode
+    t0 = time.perf_counter()
+    if mode == "batched":
+        budget = max_batch_tokens or default_max_batch_tokens(_device(model))
+        stats.extra.setdefault("max_batch_tokens", budget)
+        out = _run_batched(model, requests, letter_ids, stats, budget, min_prefix, progress)
+    else:
+        bar = tqdm(total=len(requests), unit="prompt", disable=not progress, desc="forward")
+        out = _run_per_question(model, requests, letter_ids, batch_size, stats, min_prefix,
+                                bar)
+        bar.close()
+    stats.prompts += len(requests)
+    stats.seconds += time.perf_counter() - t0
+    return out
