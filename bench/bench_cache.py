@@ -67,6 +67,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(ROOT / "config.yaml"))
     p.add_argument("--models", nargs="*", help="default: the config's")
+    p.add_argument("--subjects", nargs="*", help="default: the config's")
     p.add_argument("--grow", type=int, default=25)
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--keep", action="store_true", help="keep the work directories")
@@ -76,6 +77,8 @@ def main() -> None:
     cfg = yaml.safe_load(Path(a.config).read_text())
     if a.models:
         cfg["models"] = a.models
+    if a.subjects:
+        cfg["subjects"] = a.subjects
     for key in ("mmlu_dir", "blog_csv"):  # relative to the checkout, not the work directory
         if cfg.get(key) and not Path(cfg[key]).is_absolute():
             cfg[key] = str((ROOT / cfg[key]).resolve())
