@@ -1,18 +1,23 @@
-"""Per-question agreement of mmlu-flavors' ``harness_current`` with the real lm-eval ``mmlu``.
+"""Per-question agreement of an lm-eval flavor of mmlu-flavors with the real lm-eval 0.4.13.
 
-Runs lm-evaluation-harness (``bench/lmeval_local.run_lmeval``: its own ``mmlu_<subject>``
-task, 5-shot, on the local MMLU CSVs and a local model directory) and our pipeline in the
-same process on the same questions and the same weights (float32, CPU), and joins them per
-(subject, index):
+Flavors and how lm-eval runs them (``lmeval_local.FLAVOR_RUNS``): ``harness_current`` = task
+``mmlu``; ``lmeval_continuation`` = ``mmlu_continuation``; ``lmeval_chat`` = ``mmlu`` with
+``--apply_chat_template --fewshot_as_multiturn``. Runs lm-evaluation-harness
+(``bench/lmeval_local.run_lmeval``: its own task yamls, 5-shot, on the local MMLU CSVs and a
+local model directory) and our pipeline in the same process on the same questions and the
+same weights (float32, CPU), and joins them per (subject, index):
 
-* ``lm_loglik`` / ``our_loglik``: lm-eval's summed log-prob of " A".." D" and our
-  ``letter_cont_sum`` (the ``harness_current`` scorer ``loglik_letter`` reads it);
-* ``lm_pred`` / ``our_pred``: argmax of each (``reduce.pred_loglik_letter`` for ours);
-* ``max_abs_diff``: max over the 4 choices of |Δ loglik|;
-* ``same_context``: lm-eval's context string equals our prompt byte for byte.
+* ``lm_loglik`` / ``our_loglik``: lm-eval's summed log-prob of each of its 4 continuations and
+  the cache family the flavor's own scorer reads (``letter_cont_sum`` for ``loglik_letter``,
+  ``text_cont_sum`` for ``loglik_acc``);
+* ``lm_pred`` / ``our_pred``: argmax of each (``reduce.PRED_FUNCS`` of the scorer for ours);
+* ``max_abs_diff``: max over the 4 choices of |Δ loglik|; ``tie``: our top two within 1e-4;
+* ``same_context``: lm-eval's context string equals our prompt byte for byte (for the chat
+  flavor: the string the tokenizer's chat template rendered);
+* ``lm_acc_norm`` / ``our_acc_norm`` where the task reports acc_norm.
 
     .venv/bin/python bench/compare_lmeval.py data/models/smollm2-135m-instruct \\
-        --mmlu ../shared/mmlu --subjects abstract_algebra,anatomy --limit 20
+        --flavor lmeval_continuation --mmlu ../shared/mmlu --subjects abstract_algebra --limit 20
 
 prints n questions, n same prediction, max |Δ loglik|, and writes the disagreeing rows
 (different prediction or |Δ| > --tol) to a CSV (``--out``).
@@ -36,27 +41,32 @@ from bench import lmeval_local  # noqa: E402  (sets the offline flags before HF 
 import polars as pl  # noqa: E402
 
 TOL = 1e-3
+TIE = 1e-4
 FLAVOR = "harness_current"
+# scorer -> the cache family it reads
+SUM_COLUMN = {"loglik_letter": "letter_cont_sum", "loglik_acc": "text_cont_sum"}
 
 
 def ours(model_dir: str | Path, mmlu_dir: str | Path, subjects: list[str],
          limit: int | None, num_fewshot: int = 5, loaded: Any = None,
-         timings: dict | None = None) -> pl.DataFrame:
-    """Our harness_current per question: subject, index, our_loglik (4), our_pred, gold,
+         timings: dict | None = None, flavor: str = FLAVOR) -> pl.DataFrame:
+    """Our flavor per question: subject, index, our_loglik (4), our_pred, our_acc_norm, gold,
     prompt, context_tokens."""
     from mmlu_flavors.cache import rows_from_results
     from mmlu_flavors.data import read_local
     from mmlu_flavors.engine import EngineStats, run_fast
+    from mmlu_flavors.flavors import get_flavor
     from mmlu_flavors.models import load_model
     from mmlu_flavors.prompts import build_prompts
-    from mmlu_flavors.reduce import pred_loglik_letter
+    from mmlu_flavors.reduce import PRED_FUNCS, pred_loglik_acc_norm
     from mmlu_flavors.tokenize import letter_ids, tokenize_row
 
     t0 = time.perf_counter()
+    scorer = get_flavor(flavor).scorer
     lm = loaded if loaded is not None else load_model(
         {"source": "local", "path": str(model_dir), "dtype": "float32", "device": "cpu"})
     qs = read_local(mmlu_dir, subjects)
-    prompts = build_prompts(qs, FLAVOR, num_fewshot=num_fewshot, subjects=subjects,
+    prompts = build_prompts(qs, flavor, num_fewshot=num_fewshot, subjects=subjects,
                             questions_per_subject=limit)
     rows = prompts.to_dicts()
     tokenized = [tokenize_row(r, lm.tokenizer, lm.max_length) for r in rows]
@@ -67,10 +77,12 @@ def ours(model_dir: str | Path, mmlu_dir: str | Path, subjects: list[str],
     cache = rows_from_results(lm.name, rows, tokenized, results, letters, lm.tokenizer)
     if timings is not None:
         timings.update(ours_s=time.perf_counter() - t0, ours_tokens=stats.tokens)
+    norm = pred_loglik_acc_norm(cache).cast(pl.Int64)
     return cache.select(
         "subject", "index",
-        pl.col("letter_cont_sum").alias("our_loglik"),
-        pred_loglik_letter(cache).cast(pl.Int64).alias("our_pred"),
+        pl.col(SUM_COLUMN[scorer]).alias("our_loglik"),
+        PRED_FUNCS[scorer](cache).cast(pl.Int64).alias("our_pred"),
+        (norm == pl.col("gold").cast(pl.Int64)).cast(pl.Float64).alias("our_acc_norm"),
         pl.col("gold").cast(pl.Int64).alias("our_gold"),
         pl.Series("prompt", [t.prompt for t in tokenized]),
         "context_tokens", "truncated",
@@ -79,18 +91,21 @@ def ours(model_dir: str | Path, mmlu_dir: str | Path, subjects: list[str],
 
 def compare(model_dir: str | Path, mmlu_dir: str | Path, subjects: list[str],
             limit: int | None, num_fewshot: int = 5, batch_size: int = 1,
-            timings: dict | None = None) -> pl.DataFrame:
+            timings: dict | None = None, flavor: str = FLAVOR) -> pl.DataFrame:
     """One row per question: lm-eval's and our 4 log-likelihoods and predictions, the
     largest |Δ loglik|, whether the predictions and the context strings agree."""
+    variant, chat, multiturn = lmeval_local.FLAVOR_RUNS[flavor]
     timings = timings if timings is not None else {}
     t0 = time.perf_counter()
     lm = lmeval_local.run_lmeval(model_dir, mmlu_dir, subjects, limit, num_fewshot,
-                                 batch_size, with_prompts=True)
+                                 batch_size, with_prompts=True, variant=variant,
+                                 apply_chat_template=chat, fewshot_as_multiturn=multiturn)
     timings["lmeval_s"] = time.perf_counter() - t0
-    our = ours(model_dir, mmlu_dir, subjects, limit, num_fewshot, timings=timings)
+    our = ours(model_dir, mmlu_dir, subjects, limit, num_fewshot, timings=timings,
+               flavor=flavor)
     lm = lm.select("subject", "index", pl.col("loglik").alias("lm_loglik"),
                    pl.col("pred").alias("lm_pred"), pl.col("gold").alias("lm_gold"),
-                   "context")
+                   pl.col("acc_norm").alias("lm_acc_norm"), "context")
     df = lm.join(our, on=["subject", "index"], how="full", coalesce=True)
     missing = df.filter(pl.col("lm_loglik").is_null() | pl.col("our_loglik").is_null())
     if missing.height:
@@ -98,8 +113,10 @@ def compare(model_dir: str | Path, mmlu_dir: str | Path, subjects: list[str],
                              f"{missing.select('subject', 'index').to_dicts()[:5]}")
     d = [max(abs(a - b) for a, b in zip(x, y))
          for x, y in zip(df["lm_loglik"].to_list(), df["our_loglik"].to_list())]
+    tie = [sorted(x)[-1] - sorted(x)[-2] < TIE for x in df["our_loglik"].to_list()]
     return (df.with_columns(
         pl.Series("max_abs_diff", d, dtype=pl.Float64),
+        pl.Series("tie", tie, dtype=pl.Boolean),
         same_pred=pl.col("lm_pred") == pl.col("our_pred"),
         same_context=pl.col("context") == pl.col("prompt"),
         same_gold=pl.col("lm_gold") == pl.col("our_gold"),
@@ -110,6 +127,10 @@ def summary(df: pl.DataFrame, tol: float = TOL) -> dict[str, Any]:
     return {
         "questions": df.height,
         "same_prediction": int(df["same_pred"].sum()),
+        "ties": int(df["tie"].sum()),
+        "differ_not_tie": int((~df["same_pred"] & ~df["tie"]).sum()),
+        "same_acc_norm": (int((df["lm_acc_norm"] == df["our_acc_norm"]).sum())
+                          if df["lm_acc_norm"].null_count() < df.height else None),
         "same_context": int(df["same_context"].sum()),
         "max_abs_diff": float(df["max_abs_diff"].max()) if df.height else 0.0,
         "over_tol": int((df["max_abs_diff"] > tol).sum()),
@@ -133,6 +154,7 @@ def _csv_safe(df: pl.DataFrame) -> pl.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model_dir")
+    ap.add_argument("--flavor", default=FLAVOR, choices=sorted(lmeval_local.FLAVOR_RUNS))
     ap.add_argument("--mmlu", default=str(ROOT.parent / "shared" / "mmlu"))
     ap.add_argument("--subjects", default="abstract_algebra,us_foreign_policy")
     ap.add_argument("--limit", type=int, default=5, help="questions per subject (first N)")
@@ -144,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     subjects = [s for s in a.subjects.split(",") if s]
     timings: dict = {}
-    df = compare(a.model_dir, a.mmlu, subjects, a.limit, a.num_fewshot, timings=timings)
+    df = compare(a.model_dir, a.mmlu, subjects, a.limit, a.num_fewshot, timings=timings,
+                 flavor=a.flavor)
     s = summary(df, a.tol)
     bad = disagreements(df, a.tol)
     per_subject = (df.group_by("subject", maintain_order=True)
@@ -155,12 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     with pl.Config(tbl_rows=100, tbl_cols=20, tbl_hide_dataframe_shape=True,
                    float_precision=None):
         print(per_subject)
-    print(f"model {a.model_dir}; subjects {','.join(subjects)}; limit {a.limit}; "
-          f"{a.num_fewshot}-shot")
+    print(f"flavor {a.flavor}; model {a.model_dir}; subjects {','.join(subjects)}; "
+          f"limit {a.limit}; {a.num_fewshot}-shot")
     print(f"questions {s['questions']}, same prediction {s['same_prediction']}, "
           f"same context string {s['same_context']}, max |Δ loglik| {s['max_abs_diff']:.3g} "
           f"({s['over_tol']} over {a.tol:g}); acc lm-eval {s['lm_acc']:.4f} ours "
-          f"{s['our_acc']:.4f}")
+          f"{s['our_acc']:.4f}; ties within {TIE:g} {s['ties']}, different prediction "
+          f"outside a tie {s['differ_not_tie']}"
+          + (f"; same acc_norm {s['same_acc_norm']}" if s["same_acc_norm"] is not None else ""))
     print(f"timings: lm-eval {timings['lmeval_s']:.1f}s, ours {timings['ours_s']:.1f}s "
           "(each includes model load)")
     _csv_safe(bad).write_csv(a.out)

@@ -49,6 +49,18 @@ from typing import Any
 LMEVAL_VERSION = "0.4.13"
 TASK_DIR = Path(__file__).resolve().parent / "lmeval_task"
 
+# lm-eval task variant -> (vendored yaml directory, task name of a subject)
+VARIANTS: dict[str, tuple[Path, str]] = {
+    "default": (TASK_DIR, "mmlu_{subject}"),                                # tasks/mmlu/default
+    "continuation": (TASK_DIR / "continuation", "mmlu_{subject}_continuation"),
+}
+# our flavor -> how lm-eval runs it: (task variant, apply_chat_template, fewshot_as_multiturn)
+FLAVOR_RUNS: dict[str, tuple[str, bool, bool]] = {
+    "harness_current": ("default", False, False),
+    "lmeval_continuation": ("continuation", False, False),
+    "lmeval_chat": ("default", True, True),
+}
+
 
 # ----------------------------------------------------------------------------
 # data
@@ -56,7 +68,7 @@ TASK_DIR = Path(__file__).resolve().parent / "lmeval_task"
 
 
 def write_local_dataset(
-    mmlu_dir: str | Path, out_dir: str | Path, subjects: list[str]
+    mmlu_dir: str | Path, out_dir: str | Path, subjects: list[str], variant: str = "default"
 ) -> Path:
     """Write a local ``cais/mmlu``-shaped dataset and matching lm-eval task yamls.
 
@@ -75,8 +87,9 @@ def write_local_dataset(
     task_out = out_dir / "tasks"
     task_out.mkdir(parents=True, exist_ok=True)
     save_hub_layout(read_local(mmlu_dir, subjects), data_dir)  # raw strings, cais/mmlu features
+    vendored_dir = VARIANTS[variant][0]
     for subject in subjects:
-        vendored = TASK_DIR / f"mmlu_{subject}.yaml"
+        vendored = vendored_dir / f"mmlu_{subject}.yaml"
         if not vendored.exists():
             raise FileNotFoundError(f"no vendored lm-eval task yaml {vendored}")
         # json.dumps gives a valid YAML double-quoted scalar for any path
@@ -110,7 +123,8 @@ def _check_version() -> None:
 
 
 def _samples_to_rows(
-    samples: dict[str, list[dict]], mmlu_dir: str | Path, subjects: list[str]
+    samples: dict[str, list[dict]], mmlu_dir: str | Path, subjects: list[str],
+    variant: str = "default",
 ) -> list[dict[str, Any]]:
     import polars as pl
 
@@ -119,7 +133,7 @@ def _samples_to_rows(
     test = read_local(mmlu_dir, subjects).filter(pl.col("split") == "test")
     out = []
     for subject in subjects:
-        task = f"mmlu_{subject}"
+        task = VARIANTS[variant][1].format(subject=subject)
         csv_rows = test.filter(pl.col("subject") == subject).sort("index").to_dicts()
         for s in sorted(samples[task], key=lambda s: s["doc_id"]):
             idx = int(s["doc_id"])
@@ -139,6 +153,7 @@ def _samples_to_rows(
                     "loglik": loglik,
                     "pred": pred,
                     "acc": float(s["acc"]),
+                    "acc_norm": float(s["acc_norm"]) if "acc_norm" in s else None,
                     "gold": int(s["target"]),
                     "context": s["arguments"][0][0],
                     "continuations": [a[1] for a in s["arguments"]],
@@ -160,13 +175,18 @@ def run_lmeval(
     work_dir: str | Path | None = None,
     with_prompts: bool = False,
     timings: dict | None = None,
+    variant: str = "default",
+    apply_chat_template: bool = False,
+    fewshot_as_multiturn: bool = False,
 ):
-    """Run lm-eval's ``mmlu_<subject>`` tasks; one row per test question.
+    """Run lm-eval's ``mmlu_<subject>`` tasks (``variant`` "continuation":
+    ``mmlu_<subject>_continuation``; ``apply_chat_template``/``fewshot_as_multiturn``
+    as the command-line flags); one row per test question.
 
     Columns: subject, index (test CSV row = lm-eval doc_id), loglik (4 floats,
-    lm-eval's summed log-prob of " A".." D"), pred (argmax), acc (lm-eval's
-    per-sample acc), gold; with ``with_prompts`` also context and continuations
-    as lm-eval sent them to the model.
+    lm-eval's summed log-prob of each continuation, e.g. " A".." D"), pred (argmax),
+    acc (lm-eval's per-sample acc), acc_norm (where the task computes it), gold; with
+    ``with_prompts`` also context and continuations as lm-eval sent them to the model.
 
     ``model`` may be an ``lm_eval.api.model.LM`` instance instead of "hf".
     ``timings`` (if a dict) receives wall seconds for data prep and evaluation.
@@ -182,7 +202,7 @@ def run_lmeval(
         tmp = tempfile.TemporaryDirectory(prefix="lmeval_mmlu_")
         work_dir = tmp.name
     try:
-        task_dir = write_local_dataset(mmlu_dir, work_dir, subjects)
+        task_dir = write_local_dataset(mmlu_dir, work_dir, subjects, variant)
         tm = _task_manager(task_dir)
         t1 = time.perf_counter()
         if model_args is None and isinstance(model, str):
@@ -190,16 +210,18 @@ def run_lmeval(
         res = lm_eval.simple_evaluate(
             model=model,
             model_args=model_args if isinstance(model, str) else None,
-            tasks=[f"mmlu_{s}" for s in subjects],
+            tasks=[VARIANTS[variant][1].format(subject=s) for s in subjects],
             num_fewshot=num_fewshot,
             limit=limit,
             log_samples=True,
             batch_size=batch_size,
             device="cpu" if isinstance(model, str) else None,
             task_manager=tm,
+            apply_chat_template=apply_chat_template,
+            fewshot_as_multiturn=fewshot_as_multiturn,
         )
         t2 = time.perf_counter()
-        rows = _samples_to_rows(res["samples"], mmlu_dir, subjects)
+        rows = _samples_to_rows(res["samples"], mmlu_dir, subjects, variant)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -213,6 +235,7 @@ def run_lmeval(
             "loglik": pl.List(pl.Float64),
             "pred": pl.Int64,
             "acc": pl.Float64,
+            "acc_norm": pl.Float64,
             "gold": pl.Int64,
             "context": pl.String,
             "continuations": pl.List(pl.String),
@@ -223,11 +246,18 @@ def run_lmeval(
     return df
 
 
-def _recording_lm():
-    """An lm-eval LM that records requests and returns constant scores."""
+def _recording_lm(tokenizer: Any = None):
+    """An lm-eval LM that records requests and returns constant scores. With a tokenizer it
+    renders chat templates with lm-eval's own ``HFLM.apply_chat_template`` code."""
     from lm_eval.api.model import LM
+    from lm_eval.models.huggingface import HFLM
 
     class RecordingLM(LM):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tokenizer = tokenizer
+            self.chat_template_args: dict = {}
+
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             return [(0.0, False) for _ in requests]
 
@@ -237,13 +267,23 @@ def _recording_lm():
         def generate_until(self, requests, disable_tqdm: bool = False):
             raise NotImplementedError
 
+        @property
+        def tokenizer_name(self) -> str:
+            return getattr(self.tokenizer, "name_or_path", "recording")
+
+        def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
+            return HFLM.apply_chat_template(self, chat_history, add_generation_prompt)
+
     return RecordingLM()
 
 
 def lmeval_contexts(
-    mmlu_dir: str | Path, subjects: list[str], limit: int, num_fewshot: int
+    mmlu_dir: str | Path, subjects: list[str], limit: int, num_fewshot: int,
+    variant: str = "default", tokenizer: Any = None, apply_chat_template: bool = False,
+    fewshot_as_multiturn: bool = False,
 ):
-    """Contexts/continuations exactly as lm-eval builds them (no model needed).
+    """Contexts/continuations exactly as lm-eval builds them (no model needed; a chat
+    template needs ``tokenizer``, rendered by lm-eval's own HFLM code).
 
     Returns a polars DataFrame: subject, index, num_fewshot, context,
     continuations, gold.
@@ -251,7 +291,9 @@ def lmeval_contexts(
     import polars as pl
 
     df = run_lmeval(
-        None, mmlu_dir, subjects, limit, num_fewshot, model=_recording_lm(), with_prompts=True
+        None, mmlu_dir, subjects, limit, num_fewshot, model=_recording_lm(tokenizer),
+        with_prompts=True, variant=variant, apply_chat_template=apply_chat_template,
+        fewshot_as_multiturn=fewshot_as_multiturn,
     )
     return df.select(
         "subject", "index", pl.lit(num_fewshot).alias("num_fewshot"), "context", "continuations", "gold"

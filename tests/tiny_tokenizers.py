@@ -45,3 +45,24 @@ def bytelevel_no_bos(questions: pl.DataFrame) -> PreTrainedTokenizerFast:
 
 def sentencepiece_bos(questions: pl.DataFrame) -> PreTrainedTokenizerFast:
     return _build("metaspace", tuple(_corpus(questions)))
+
+
+# SmolLM2-135M-Instruct's chat template (ChatML with a default system message), verbatim
+CHATML_SMOLLM2 = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def bytelevel_chat(questions: pl.DataFrame) -> PreTrainedTokenizerFast:
+    """The byte-level tokenizer with ChatML special tokens and SmolLM2's chat template; like
+    SmolLM2 its BOS token is "<|im_start|>" and it adds no special tokens by default."""
+    import copy
+
+    tok = copy.deepcopy(bytelevel_no_bos(questions))
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.bos_token, tok.eos_token = "<|im_start|>", "<|im_end|>"
+    tok.chat_template = CHATML_SMOLLM2
+    return tok

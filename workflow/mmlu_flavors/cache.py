@@ -240,7 +240,8 @@ def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
     store does not hold. `loader(entry, model_dir, name)` loads the model (default
     `models.load_model`; tests pass their own)."""
     from . import models
-    from .tokenize import letter_ids as get_letter_ids, tokenize_row
+    from .flavors import get_flavor
+    from .tokenize import has_chat_template, letter_ids as get_letter_ids, tokenize_row
 
     stats = stats if stats is not None else JobStats()
     t0 = time.perf_counter()
@@ -258,6 +259,10 @@ def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
         atomic_write_text(memo_path, json.dumps(memo, sort_keys=True))
     store = Store(Path(store_root), models.model_key(fp))
     letters = get_letter_ids(tokenizer)
+    if get_flavor(flavor).chat != "none" and not has_chat_template(tokenizer):
+        raise ValueError(f"flavor {flavor!r} renders prompts with the tokenizer's chat "
+                         f"template, but model {model_name!r} has none (a base model): leave "
+                         "the flavor out for this model")
 
     rows = select_rows(prompts.filter(pl.col("flavor") == flavor), subjects,
                        questions_per_subject)

@@ -11,6 +11,7 @@ PROMPT_SCHEMA = {
     "flavor": pl.String, "subject": pl.String, "index": pl.Int64, "prompt": pl.String,
     "header": pl.String, "shots": pl.List(pl.String), "test_block": pl.String,
     "shot_split": pl.String, "shot_rows": pl.List(pl.Int64),
+    "shot_queries": pl.List(pl.String), "shot_answers": pl.List(pl.String),
     "continuations": pl.List(pl.String), "gold": pl.Int8, "choices": pl.List(pl.String),
     "num_fewshot": pl.Int64, "prompt_sha256": pl.String,
 }

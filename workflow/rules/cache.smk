@@ -19,6 +19,7 @@ rule logits:
         n=N_PER_SUBJECT or 0,
         model_dir=lambda wc: model_dir(wc.model) or "",
         store=CACHE_STORE,
+        flavor_defs=lambda wc: flavor_defs([wc.flavor]),
     wildcard_constraints:
         flavor="|".join(FLAVORS),
         selection=r"all|first\d+",
@@ -50,4 +51,4 @@ rule logits:
         "--batch-size {resources.batch_size} --max-batch-tokens {resources.max_batch_tokens} "
         "--checkpoint-questions {resources.checkpoint_questions} "
         "--checkpoint-seconds {resources.checkpoint_seconds} "
-        "--out {output.view:q} --metrics {output.metrics:q} 2> {log:q}"
+        "--flavor-defs {params.flavor_defs:q} --out {output.view:q} --metrics {output.metrics:q} 2> {log:q}"

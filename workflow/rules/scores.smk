@@ -17,6 +17,8 @@ rule predictions:
         cache_shards(),
     output:
         "reports/predictions.parquet",
+    params:
+        flavor_defs=lambda wc: flavor_defs(),
     conda:
         ENV
     resources:
@@ -25,7 +27,8 @@ rule predictions:
     log:
         "logs/predictions.log",
     shell:
-        "{PY} predictions --out {output:q} {input:q} 2> {log:q}"
+        "{PY} predictions --flavor-defs {params.flavor_defs:q} --out {output:q} {input:q} "
+        "2> {log:q}"
 
 
 rule report:
@@ -44,6 +47,7 @@ rule report:
         hub_ids=json.dumps({n: REGISTRY[n].get("hub_id", "") for n in config["models"]}),
         seed=config.get("bootstrap_seed", 0),
         samples=config.get("bootstrap_samples", 1000),
+        flavor_defs=lambda wc: flavor_defs(),
     conda:
         ENV
     resources:
@@ -54,7 +58,8 @@ rule report:
     shell:
         "{PY} report --predictions {input.predictions:q} --out-dir reports "
         "--blog-csv={input.blog:q} --hub-ids {params.hub_ids:q} "
-        "--seed {params.seed} --samples {params.samples} 2> {log:q}"
+        "--seed {params.seed} --samples {params.samples} --flavor-defs {params.flavor_defs:q} "
+        "2> {log:q}"
 
 
 rule cache_summary:
