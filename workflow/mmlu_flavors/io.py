@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,37 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _tmp_beside(path: Path) -> Path:
+    """A new empty file beside `path`, created with mode 0666 minus the process umask (what
+    any other tool's files get: 0644 under umask 022), never an existing file's name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
@@ -44,9 +72,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -57,7 +83,8 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 
 def atomic_write_parquet(df: pl.DataFrame | pa.Table, path: Path | str,
                          meta: dict[str, Any] | None = None) -> None:
-    """Write a table as Parquet atomically, with `meta` as JSON schema metadata."""
+    """Write a table as Parquet atomically, with `meta` as JSON schema metadata and a CRC
+    per page (so `read_parquet_checked` detects a changed byte, not only a truncation)."""
     path = Path(path)
     table = df.to_arrow() if isinstance(df, pl.DataFrame) else df
     if meta is not None:
@@ -66,12 +93,52 @@ def atomic_write_parquet(df: pl.DataFrame | pa.Table, path: Path | str,
         table = table.replace_schema_metadata(existing)
     tmp = _tmp_beside(path)
     try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        pq.write_table(table, tmp, write_page_checksum=True)
+        _commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_dir(path: Path | str) -> Path:
+    """A new empty directory beside `path` (umask-derived mode, like `mkdir`) to fill and
+    then `replace_dir` into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            tmp.mkdir(mode=0o777)
+            return tmp
+        except FileExistsError:  # pragma: no cover
+            continue
+
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Move a filled directory `tmp` to `path`, replacing what was there; every file in it
+    is made readable as the umask allows (some writers create files with mode 0600)."""
+    mask = umask()
+    for p in [tmp, *tmp.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+    old = path.parent / f".{path.name}.{secrets.token_hex(6)}.old"
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def umask() -> int:
+    """The process umask, read without changing it where the OS shows it (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def read_meta(path: Path | str) -> dict[str, Any]:

@@ -20,14 +20,13 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import sha256_file
+from .io import atomic_dir, replace_dir, sha256_file
 
 IDENTITY_FILE = "mmlu_flavors_model.json"
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -183,18 +182,12 @@ def convert_gguf(entry: dict[str, Any], out_dir: str | Path, workdir: str | Path
         "transformers": transformers.__version__,
         "torch": torch.__version__,
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = atomic_dir(out_dir)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / IDENTITY_FILE).write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out_dir)  # umask-derived modes (safetensors writes 0600)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
