@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
+from .checks import read_prompts, read_questions
 from .data import MMLUDataError, Source, load_questions, resolve_source, table_checksum
 from .io import atomic_write_parquet, atomic_write_text
 
@@ -18,8 +19,7 @@ log = logging.getLogger("mmlu_flavors")
 
 def _questions_from_args(a: argparse.Namespace) -> tuple[pl.DataFrame, Source]:
     if getattr(a, "questions", None):
-        df = pl.read_parquet(a.questions)
-        return df, Source("parquet", str(a.questions))
+        return read_questions(a.questions), Source("parquet", str(a.questions))
     src = resolve_source(a.source, a.mmlu or None, a.hub, a.revision or None)
     return load_questions(src), src
 
@@ -56,8 +56,8 @@ def cmd_logits(a: argparse.Namespace) -> None:
     from .models import load_model
 
     entry = json.loads(a.entry)
+    prompts = read_prompts(a.prompts, a.flavor)
     loaded = load_model(entry, Path(a.model_dir) if a.model_dir else None, name=a.model_name)
-    prompts = pl.read_parquet(a.prompts)
     subjects = [s for s in a.subjects.split(",") if s]
     n = None if a.questions_per_subject in (None, 0) else a.questions_per_subject
     shard = compute_shard(prompts, a.model_name, loaded, a.flavor, subjects, n, Path(a.out),
@@ -67,8 +67,11 @@ def cmd_logits(a: argparse.Namespace) -> None:
 
 
 def cmd_predictions(a: argparse.Namespace) -> None:
+    from .io import read_parquet_checked
     from .reduce import write_predictions
 
+    for shard in a.shards:  # a damaged view is named, never reduced (whole-file CRC check)
+        read_parquet_checked(shard)
     write_predictions(a.shards, a.out)
 
 
@@ -146,9 +149,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.fn(args)
-    except (MMLUDataError, ValueError, FileNotFoundError) as e:
-        log.error("%s", e)
-        print(f"mmlu-flavors {args.cmd}: error: {e}", file=sys.stderr)
+    except (MMLUDataError, ValueError, OSError) as e:  # DamagedFileError is a ValueError
+        msg = " ".join(str(e).split()) if not isinstance(e, OSError) or not e.filename \
+            else f"{e.filename}: {e.strerror or e}"
+        log.error("%s", msg)
+        print(f"mmlu-flavors {args.cmd}: error: {msg}", file=sys.stderr)
         return 2
     return 0
 

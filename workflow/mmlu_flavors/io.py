@@ -1,4 +1,5 @@
-"""Atomic writes and content hashes: nothing half-written ever carries a final name."""
+"""Atomic writes, content hashes and checked reads: nothing half-written ever carries a final
+name, and a damaged or foreign file is named with the command that rebuilds it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +149,87 @@ def read_meta(path: Path | str) -> dict[str, Any]:
     md = pq.read_schema(path).metadata or {}
     raw = md.get(META_KEY)
     return json.loads(raw) if raw else {}
+
+
+# ---------------------------------------------------------------- damaged files
+
+class DamagedFileError(ValueError):
+    """A generated file that is damaged (truncated, changed bytes, unreadable) or foreign
+    (another table, flavor or model): one line naming it and the command that rebuilds it."""
+
+    def __init__(self, path: Path | str, problem: str, fix: str | None = None) -> None:
+        self.path, self.problem = Path(path), " ".join(str(problem).split())
+        self.fix = fix or forcerun_fix(path)
+        super().__init__(f"{self.path}: {self.problem}; fix: {self.fix}")
+
+
+def forcerun_fix(path: Path | str) -> str:
+    """The command that makes Snakemake rebuild one output (and what depends on it)."""
+    return f"snakemake --cores all --forcerun {shlex.quote(str(path))}"
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160] if text else ''}".rstrip(": ")
+
+
+def _check_schema(path: Path, schema: pa.Schema, columns: Mapping[str, Any] | None,
+                  meta: Mapping[str, Any] | None, fix: str | None) -> dict[str, Any]:
+    if columns:
+        have = pl.from_arrow(schema.empty_table()).schema
+        missing = [c for c in columns if c not in have]
+        if missing:
+            raise DamagedFileError(path, f"not the expected table: column(s) {missing} "
+                                   "missing", fix)
+        wrong = [f"{c} is {have[c]}, expected {t}" for c, t in columns.items()
+                 if t is not None and have[c] != t]
+        if wrong:
+            raise DamagedFileError(path, "not the expected table: " + "; ".join(wrong), fix)
+    raw = (schema.metadata or {}).get(META_KEY)
+    try:
+        got = json.loads(raw) if raw else {}
+    except ValueError:
+        raise DamagedFileError(path, "its mmlu_flavors metadata is not JSON", fix) from None
+    for key, want in (meta or {}).items():
+        if key not in got:
+            raise DamagedFileError(path, f"not written by this step: metadata {key!r} "
+                                   "missing", fix)
+        if want is not None and got[key] != want:
+            raise DamagedFileError(path, f"foreign: metadata {key} is {got[key]!r}, "
+                                   f"expected {want!r}", fix)
+    return got
+
+
+def check_parquet(path: Path | str, columns: Mapping[str, Any] | None = None,
+                  meta: Mapping[str, Any] | None = None, fix: str | None = None
+                  ) -> dict[str, Any]:
+    """Cheap check (footer only, no data pages): the file opens as Parquet, has `columns`
+    (name -> polars dtype, or None for any type) and metadata `meta` (key -> required value,
+    or None for present). Returns the mmlu_flavors metadata; DamagedFileError otherwise."""
+    path = Path(path)
+    try:
+        schema = pq.read_schema(path)
+    except FileNotFoundError:
+        raise DamagedFileError(path, "missing", fix) from None
+    except Exception as e:  # noqa: BLE001 - truncated, not Parquet, unreadable
+        raise DamagedFileError(path, f"damaged: not a readable Parquet file ({_short(e)})",
+                               fix) from None
+    return _check_schema(path, schema, columns, meta, fix)
+
+
+def read_parquet_checked(path: Path | str, columns: Mapping[str, Any] | None = None,
+                         meta: Mapping[str, Any] | None = None, fix: str | None = None
+                         ) -> pl.DataFrame:
+    """Read a whole Parquet file, verifying every page's CRC where it has one (all files
+    written by `atomic_write_parquet` do), then `check_parquet`'s column and metadata rules.
+    Any failure is a DamagedFileError naming the file and `fix` (default: --forcerun it)."""
+    path = Path(path)
+    check_parquet(path, columns, meta, fix)
+    try:
+        table = pq.read_table(path, page_checksum_verification=True)
+        df = pl.from_arrow(table)
+    except Exception as e:  # noqa: BLE001 - a damaged page, a bad CRC, a broken encoding
+        raise DamagedFileError(path, f"damaged: its data cannot be read ({_short(e)})",
+                               fix) from None
+    assert isinstance(df, pl.DataFrame)
+    return df
