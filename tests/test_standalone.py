@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def run_in(repo: Path, extra_config: Path, *args: str) -> subprocess.CompletedPr
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MMLU_FLAVORS_SHARED")}
     cmd = [SNAKEMAKE, "--configfile", "config.yaml", str(extra_config), *args]
     return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=900,
-                          env={**env, **OFFLINE})
+                          env={**env, **OFFLINE}, umask=0o022)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,12 @@ def test_fresh_clone_runs_offline(clone, questions, tmp_path) -> None:
         assert row in blog, row
     pred = pl.read_parquet(clone / "reports/predictions.parquet")
     assert sorted(pred["subject"].unique()) == ["abstract_algebra", "college_mathematics"]
+    # files people can share: every output 0644, every directory 0755 under umask 022
+    outputs = [p for d in ("data", "reports", "logs") for p in (clone / d).rglob("*")]
+    assert len([p for p in outputs if p.suffix in (".parquet", ".png", ".md", ".csv")]) > 10
+    bad = {str(p.relative_to(clone)): oct(stat.S_IMODE(p.stat().st_mode)) for p in outputs
+           if stat.S_IMODE(p.stat().st_mode) != (0o755 if p.is_dir() else 0o644)}
+    assert not bad
 
 
 def test_no_data_anywhere_stops_before_model_work(clone, tmp_path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
+from .checks import read_prompts, read_questions
 from .data import MMLUDataError, Source, load_questions, resolve_source, table_checksum
 from .cache import DEFAULT_CHECKPOINT_QUESTIONS, DEFAULT_CHECKPOINT_SECONDS, DEFAULT_STORE
 from .io import atomic_write_parquet, atomic_write_text
@@ -21,8 +22,7 @@ log = logging.getLogger("mmlu_flavors")
 
 def _questions_from_args(a: argparse.Namespace) -> tuple[pl.DataFrame, Source]:
     if getattr(a, "questions", None):
-        df = pl.read_parquet(a.questions)
-        return df, Source("parquet", str(a.questions))
+        return read_questions(a.questions), Source("parquet", str(a.questions))
     src = resolve_source(a.source, a.mmlu or None, a.hub, a.revision or None)
     return load_questions(src), src
 
@@ -82,7 +82,7 @@ def cmd_logits(a: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, _raise_terminated)
     entry = json.loads(a.entry)
     _register_flavors(a)
-    prompts = pl.read_parquet(a.prompts)
+    prompts = read_prompts(a.prompts, a.flavor)
     subjects = [s for s in a.subjects.split(",") if s]
     n = None if a.questions_per_subject in (None, 0) else a.questions_per_subject
     stats = JobStats()
@@ -162,9 +162,12 @@ def configured_model_keys(configfiles: list[str]) -> dict[str, str]:
 
 
 def cmd_predictions(a: argparse.Namespace) -> None:
+    from .io import read_parquet_checked
     from .reduce import write_predictions
 
     _register_flavors(a)
+    for shard in a.shards:  # a damaged view is named, never reduced (whole-file CRC check)
+        read_parquet_checked(shard)
     write_predictions(a.shards, a.out)
 
 
@@ -270,9 +273,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.fn(args)
-    except (MMLUDataError, ValueError, FileNotFoundError) as e:  # FlavorError is a ValueError
-        log.error("%s", e)
-        print(f"mmlu-flavors {args.cmd}: error: {e}", file=sys.stderr)
+    except (MMLUDataError, ValueError, OSError) as e:  # DamagedFileError is a ValueError
+        msg = " ".join(str(e).split()) if not isinstance(e, OSError) or not e.filename \
+            else f"{e.filename}: {e.strerror or e}"
+        log.error("%s", msg)
+        print(f"mmlu-flavors {args.cmd}: error: {msg}", file=sys.stderr)
         return 2
     return 0
 

@@ -20,16 +20,16 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import sha256_file
+from .io import DamagedFileError, atomic_dir, replace_dir, sha256_file
 
 IDENTITY_FILE = "mmlu_flavors_model.json"
+MANIFEST_FILE = "mmlu_flavors_files.json"  # name -> size of every converted file
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 SOURCES = ("hub", "local", "gguf")
 DEFAULT_MAX_LENGTH = 2048  # last resort when neither entry, config nor tokenizer says
@@ -183,21 +183,57 @@ def convert_gguf(entry: dict[str, Any], out_dir: str | Path, workdir: str | Path
         "transformers": transformers.__version__,
         "torch": torch.__version__,
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = atomic_dir(out_dir)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / IDENTITY_FILE).write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        files = {f.relative_to(tmp).as_posix(): {"size": f.stat().st_size}
+                 for f in sorted(tmp.rglob("*")) if f.is_file()}
+        (tmp / MANIFEST_FILE).write_text(json.dumps(files, indent=2, sort_keys=True) + "\n")
+        replace_dir(tmp, out_dir)  # umask-derived modes (safetensors writes 0600)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def check_converted(path: str | Path, entry: dict[str, Any] | None = None) -> None:
+    """DamagedFileError unless `path` is a complete conversion (by `convert_gguf`) of the
+    entry's GGUF file: identity and manifest readable, every listed file present with the
+    size it was written with, the GGUF file name the entry's. A directory converted before
+    manifests existed is checked by its identity and config only."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DamagedFileError(path, "missing: not a directory")
+    try:
+        ident = json.loads((path / IDENTITY_FILE).read_text())
+        gguf_file = ident["gguf_file"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DamagedFileError(path, f"not a converted model directory: {IDENTITY_FILE} "
+                               f"unreadable ({type(e).__name__})") from None
+    want = (entry or {}).get("gguf_file") or (Path(entry["gguf_path"]).name
+                                               if (entry or {}).get("gguf_path") else None)
+    if want and gguf_file != want:
+        raise DamagedFileError(path, f"foreign: converted from {gguf_file}, the model entry "
+                               f"names {want}")
+    manifest = path / MANIFEST_FILE
+    if not manifest.exists():
+        if not (path / "config.json").is_file():
+            raise DamagedFileError(path, "damaged: config.json missing")
+        return
+    try:
+        files = json.loads(manifest.read_text())
+        sizes = {name: int(v["size"]) for name, v in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DamagedFileError(path, f"damaged: {MANIFEST_FILE} unreadable "
+                               f"({type(e).__name__})") from None
+    for name, size in sizes.items():
+        f = path / name
+        if not f.is_file():
+            raise DamagedFileError(path, f"damaged: {name} missing")
+        if f.stat().st_size != size:
+            raise DamagedFileError(path, f"damaged: {name} has {f.stat().st_size} bytes, "
+                                   f"{size} were written")
 
 
 def _version(dist: str | None) -> str | None:
@@ -254,6 +290,7 @@ def _where(entry: dict[str, Any], model_dir: str | Path | None,
             raise _err(entry, "gguf_file", "GGUF models load from their converted "
                        "directory: run convert_gguf first and pass model_dir", name)
         where, fld = Path(model_dir), "gguf_file"
+        check_converted(where, entry)
     if not (where / "config.json").is_file():
         raise _err(entry, fld, f"{where} is not a saved model directory "
                    "(no config.json)", name)

@@ -20,6 +20,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from mmlu_flavors import stats as st  # noqa: E402
 from mmlu_flavors.categories import CATEGORY_NAMES  # noqa: E402
+from mmlu_flavors.checks import read_predictions  # noqa: E402
 from mmlu_flavors.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from mmlu_flavors.models import slugify  # noqa: E402
 from mmlu_flavors.flavors import FLAVORS, implementations  # noqa: E402
@@ -157,9 +158,27 @@ def scores_markdown(s: st.Stats, seed: int, n_boot: int) -> str:
     return "\n".join(out)
 
 
+BLOG_SCHEMA = {"model": pl.String, "hub_id": pl.String, "helm": pl.Float64,
+               "harness": pl.Float64, "original": pl.Float64}
+
+
 def read_blog(blog_csv: Path | str) -> pl.DataFrame:
-    """The published table: model, hub_id, helm, harness, original."""
-    return pl.read_csv(blog_csv, schema_overrides={"model": pl.String, "hub_id": pl.String})
+    """The published table: model, hub_id, helm, harness, original (a score in [0, 1] or
+    empty); anything else is a ValueError naming the file."""
+    where = f"published table {blog_csv}"
+    try:
+        df = pl.read_csv(blog_csv, schema_overrides=BLOG_SCHEMA)
+    except Exception as e:  # noqa: BLE001 - polars' parse errors are multi-line
+        raise ValueError(f"{where}: not a CSV with columns {', '.join(BLOG_SCHEMA)} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    missing = [c for c in BLOG_SCHEMA if c not in df.columns]
+    if missing:
+        raise ValueError(f"{where}: column(s) {missing} missing")
+    bad = df.filter(pl.any_horizontal([~pl.col(c).is_between(0, 1) for c in BLOG_SCHEMA
+                                       if BLOG_SCHEMA[c] == pl.Float64]))
+    if bad.height:
+        raise ValueError(f"{where}: scores must lie in [0, 1]; row {bad.row(0)}")
+    return df
 
 
 def match_blog(models: Sequence[str], blog: pl.DataFrame, hub_ids: Mapping[str, str]
@@ -360,7 +379,7 @@ def write_all(predictions_path: Path | str, out_dir: Path | str, blog_csv: Path 
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pred = pl.read_parquet(predictions_path)
+    pred = read_predictions(predictions_path)  # a damaged file stops here, named
     s = st.compute(pred, seed=seed, n_boot=n_boot)
     blog = read_blog(blog_csv) if blog_csv else None
     written: dict[str, Path] = {}

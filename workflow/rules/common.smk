@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -91,15 +92,6 @@ if BLOG_CSV and not Path(BLOG_CSV).is_file():
     _fail(f"blog_csv: no such file {config['blog_csv']} (looked in the working directory "
           f"and in {workflow.basedir})")
 
-# MMLU: mmlu_dir -> resources/mmlu -> Hub; a run that can reach none stops here, before any
-# model work, naming each place tried (once questions.parquet exists its rule owns this)
-if not Path("data/questions.parquet").exists():
-    try:
-        resolve_source(config.get("mmlu_source", "auto"), config.get("mmlu_dir"),
-                       config.get("hub_dataset", "cais/mmlu"), config.get("hub_revision"))
-    except MMLUDataError as e:
-        raise WorkflowError(f"data error: {e}") from None
-
 
 def entry(slug):
     return REGISTRY[MODELS[slug]]
@@ -123,6 +115,44 @@ def cache_shards():
 
 def cache_metrics():
     return [p.removesuffix(".parquet") + ".metrics.json" for p in cache_shards()]
+
+
+# ---- damaged or foreign outputs: removed before planning, so their own rules recompute them
+# (mmlu_flavors.checks; cheap checks: Parquet footers, schemas, metadata, file sizes). Only the
+# main Snakemake process heals, and a dry run only reports.
+def _heal():
+    from mmlu_flavors import checks
+    from mmlu_flavors.models import check_converted
+
+    targets = [("data/questions.parquet", checks.check_questions)]
+    targets += [(f"data/prompts/{f}.parquet", lambda p, f=f: checks.check_prompts(p, f))
+                for f in FLAVORS]
+    targets += [(model_dir(m), lambda p, m=m: check_converted(p, entry(m)))
+                for m in MODELS if model_dir(m)]
+    targets += [(p, checks.check_readable) for p in cache_shards()]
+    targets += [("reports/predictions.parquet", checks.check_predictions)]
+    for line in checks.heal(targets, dry_run=_dry_run()):
+        print(line, file=sys.stderr)
+
+
+def _dry_run():
+    """-n / --dry-run (the executor is not known while the Snakefile is parsed)."""
+    return workflow.dryrun or any(
+        a in ("--dry-run", "--dryrun", "--just-print") or re.fullmatch(r"-[A-Za-z]*n[A-Za-z]*", a)
+        for a in sys.argv[1:])
+
+
+if workflow.is_main_process:
+    _heal()
+
+# MMLU: mmlu_dir -> resources/mmlu -> Hub; a run that can reach none stops here, before any
+# model work, naming each place tried (once questions.parquet exists its rule owns this)
+if not Path("data/questions.parquet").exists():
+    try:
+        resolve_source(config.get("mmlu_source", "auto"), config.get("mmlu_dir"),
+                       config.get("hub_dataset", "cais/mmlu"), config.get("hub_revision"))
+    except MMLUDataError as e:
+        raise WorkflowError(f"data error: {e}") from None
 
 
 def _cache_plan():
@@ -168,7 +198,7 @@ def _cache_plan():
 
 
 CACHE_STORE = config.get("cache_store", "data/cache/store")
-CACHE_PLAN = _cache_plan()
+CACHE_PLAN = _cache_plan() if workflow.is_main_process else {}
 
 
 def nothing_to_compute(slug, flavor, shard):
