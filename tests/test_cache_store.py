@@ -159,10 +159,18 @@ def test_views_of_one_model_never_mix_identities(prompts, model_dir, tmp_path) -
                      tmp_path / "views/harness_e47e01b/b.parquet"])
 
 
+def _write_prompts(tmp: Path, prompts: pl.DataFrame) -> None:
+    """Per-flavor prompt tables as the prompts step writes them (with their metadata)."""
+    for flavor in FLAVORS:
+        cache.atomic_write_parquet(prompts.filter(pl.col("flavor") == flavor),
+                                   tmp / f"p-{flavor}.parquet", {"flavor": flavor})
+
+
 def _cli(tmp: Path, model_dir: Path, flavor: str, n: int, out: str, *extra: str
          ) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "mmlu_flavors.cli", "logits", "--prompts", str(tmp / "p.parquet"),
+        [sys.executable, "-m", "mmlu_flavors.cli", "logits", "--prompts",
+         str(tmp / f"p-{flavor}.parquet"),
          "--flavor", flavor, "--model-name", "tiny", "--entry", json.dumps(_entry(model_dir)),
          "--subjects", ",".join(SUBJECTS), "--questions-per-subject", str(n),
          "--store", str(tmp / "store"), "--out", str(tmp / out), "--no-progress", *extra],
@@ -172,7 +180,7 @@ def _cli(tmp: Path, model_dir: Path, flavor: str, n: int, out: str, *extra: str
 
 def test_concurrent_jobs_share_the_store(prompts, model_dir, tmp_path) -> None:
     """Two flavors and two overlapping selections of one flavor at the same time."""
-    prompts.write_parquet(tmp_path / "p.parquet")
+    _write_prompts(tmp_path, prompts)
     procs = [_cli(tmp_path, model_dir, "original", 2, "a.parquet"),
              _cli(tmp_path, model_dir, "original", 3, "b.parquet"),
              _cli(tmp_path, model_dir, "harness_e47e01b", 2, "c.parquet")]
@@ -195,7 +203,7 @@ def test_concurrent_jobs_share_the_store(prompts, model_dir, tmp_path) -> None:
 def test_killed_job_keeps_its_checkpoints(prompts, model_dir, tmp_path, sig) -> None:
     """SIGTERM (SLURM time limit, preemption) or SIGKILL mid-subject: the checkpoints written
     before survive and are reused; at most one checkpoint is recomputed."""
-    prompts.write_parquet(tmp_path / "p.parquet")
+    _write_prompts(tmp_path, prompts)
     proc = _cli(tmp_path, model_dir, "harness_e47e01b", 8, "v.parquet",
                 "--checkpoint-questions", "2")
     store = tmp_path / "store"
