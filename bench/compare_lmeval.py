@@ -160,14 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=5, help="questions per subject (first N)")
     ap.add_argument("--num-fewshot", type=int, default=5)
     ap.add_argument("--tol", type=float, default=TOL)
+    ap.add_argument("--batch-size", type=int, default=1, help="lm-eval's batch size")
     ap.add_argument("--out", default="lmeval_disagreements.csv",
                     help="CSV of disagreeing questions")
     ap.add_argument("--all-out", help="also write every question (parquet)")
     a = ap.parse_args(argv)
     subjects = [s for s in a.subjects.split(",") if s]
     timings: dict = {}
-    df = compare(a.model_dir, a.mmlu, subjects, a.limit, a.num_fewshot, timings=timings,
-                 flavor=a.flavor)
+    df = compare(a.model_dir, a.mmlu, subjects, a.limit, a.num_fewshot, a.batch_size,
+                 timings=timings, flavor=a.flavor)
     s = summary(df, a.tol)
     bad = disagreements(df, a.tol)
     per_subject = (df.group_by("subject", maintain_order=True)

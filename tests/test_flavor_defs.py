@@ -149,3 +149,22 @@ def test_workflow_accepts_custom_flavors_and_names_bad_ones(tmp_path) -> None:
         write_config(tmp_path, tmp_path / "m", ["anatomy"], 2, **cfg)
         res = snakemake(tmp_path, "-n", "--cores", "1", check=False)
         assert res.returncode != 0 and needle in res.stdout + res.stderr, (cfg, res.stderr[-1500:])
+
+
+def test_chat_flavor_on_model_without_template_stops_with_one_line(questions, tmp_path,
+                                                                   capsys) -> None:
+    from workflow_fixture import make_tiny_model
+
+    from mmlu_flavors import cli
+
+    model = make_tiny_model(questions, tmp_path / "tiny")  # byte-level BPE, no chat template
+    prompts = tmp_path / "lmeval_chat.parquet"
+    build_prompts(questions, "lmeval_chat", subjects=["anatomy"],
+                  questions_per_subject=1).write_parquet(prompts)
+    entry = '{"source": "local", "path": "%s", "dtype": "float32", "device": "cpu"}' % model
+    rc = cli.main(["logits", "--prompts", str(prompts), "--flavor", "lmeval_chat",
+                   "--model-name", "tiny", "--entry", entry, "--subjects", "anatomy",
+                   "--out", str(tmp_path / "out.parquet")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and not (tmp_path / "out.parquet").exists()
+    assert "flavor 'lmeval_chat'" in err and "model 'tiny' has none" in err

@@ -27,8 +27,13 @@ def blog_csv(tmp_path: Path) -> Path:
     return p
 
 
-def _run(tmp_path: Path, models, blog_csv: Path, hub_ids: dict[str, str]):
-    cache = synthetic_cache(models, subjects={"anatomy": 12, "astronomy": 8, "philosophy": 10})
+PUBLISHED_2023 = ("original", "helm", "harness_e47e01b", "harness_current")
+
+
+def _run(tmp_path: Path, models, blog_csv: Path, hub_ids: dict[str, str],
+         flavors=PUBLISHED_2023):
+    cache = synthetic_cache(models, flavors=flavors,
+                            subjects={"anatomy": 12, "astronomy": 8, "philosophy": 10})
     pred_path = tmp_path / "predictions.parquet"
     predictions(cache).write_parquet(pred_path)
     out = tmp_path / "reports"
@@ -58,6 +63,21 @@ def test_write_all_files(tmp_path, blog_csv):
     assert "| model-b |" in md and "helm (macro)" in md and "30 test questions" in md
     blog = (out / "blog_comparison.md").read_text()
     assert "None of the models in this run" in blog and "llama-7b" in blog
+
+
+def test_every_builtin_flavor_joins_tables_and_plots(tmp_path, blog_csv):
+    from mmlu_flavors.flavors import BUILTIN, implementations
+
+    models = {"model-a": 0.2, "model-b": 1.5}
+    out, _ = _run(tmp_path, models, blog_csv, {}, flavors=tuple(BUILTIN))
+    scores = pl.read_csv(out / "scores.csv")
+    impls = implementations(list(BUILTIN))
+    assert scores.height == 2 * len(impls)
+    assert scores["implementation"].unique(maintain_order=True).to_list() == list(impls)
+    assert {"lmeval_continuation (acc)", "lmeval_chat"} <= set(impls)
+    matrix = pl.read_csv(out / "matrix.csv")
+    assert set(matrix["prompt"]) == set(BUILTIN)
+    assert "lmeval_chat (micro)" in (out / "scores.md").read_text()
     flips = pl.read_csv(out / "flips.csv")
     assert {"model", "implementation_a", "implementation_b", "subject", "index"} <= set(flips.columns)
     assert (flips.get_column("correct_a") != flips.get_column("correct_b")).all()
