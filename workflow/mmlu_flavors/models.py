@@ -312,8 +312,14 @@ def load_model(entry: dict[str, Any], model_dir: str | Path | None = None,
         else:
             identity = {"source": source, "path": str(where),
                         "weights_sha256": _weights_sha256(where)}
-    tokenizer = AutoTokenizer.from_pretrained(where, **{k: v for k, v in kwargs.items()
-                                                        if k != "dtype"})
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **{k: v for k, v in kwargs.items()
+                                                            if k != "dtype"})
+    except OSError as e:  # offline, no such repository, no access: one line naming the entry
+        if source != "hub":
+            raise
+        raise _err(entry, "hub_id", f"{where} (revision {kwargs['revision']}) cannot be "
+                   f"loaded: {str(e).splitlines()[0][:200]}", name) from None
     if device_map == "auto":
         model = AutoModelForCausalLM.from_pretrained(where, device_map="auto", **kwargs)
         device = str(next(model.parameters()).device)
