@@ -3,6 +3,7 @@ name, and a damaged or foreign file is named with the command that rebuilds it."
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -68,6 +69,16 @@ def _commit(tmp: Path, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+def _write_failed(path: Path, e: OSError) -> OSError:
+    """An OSError that names the final path (a full disk, a lost mount: Arrow's own message
+    names neither): `path: could not be written (No space left on device)`."""
+    code = e.errno or next((n for n, text in ((errno.ENOSPC, "No space left"),
+                                               (errno.EDQUOT, "Disk quota"))
+                            if text in str(e)), None)
+    why = os.strerror(code) if code else _short(e)
+    return OSError(code or 0, f"could not be written ({why}); nothing was replaced", str(path))
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write bytes to a temporary file beside `path`, fsync, then rename over it."""
     path = Path(path)
@@ -76,6 +87,8 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
         _commit(tmp, path)
+    except OSError as e:
+        raise _write_failed(path, e) from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -98,6 +111,8 @@ def atomic_write_parquet(df: pl.DataFrame | pa.Table, path: Path | str,
     try:
         pq.write_table(table, tmp, write_page_checksum=True)
         _commit(tmp, path)
+    except OSError as e:
+        raise _write_failed(path, e) from e
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -297,6 +297,19 @@ def _where(entry: dict[str, Any], model_dir: str | Path | None,
     return where, kwargs
 
 
+def _pretrained(cls: Any, where: str | Path, kwargs: dict[str, Any], entry: dict[str, Any],
+                name: str | None) -> Any:
+    """`cls.from_pretrained`; a Hub entry that cannot be reached (offline, no such repository,
+    no access) stops with one line naming the entry."""
+    try:
+        return cls.from_pretrained(where, **kwargs)
+    except OSError as e:
+        if not isinstance(where, str) or entry.get("source") != "hub":
+            raise
+        raise _err(entry, "hub_id", f"{where} (revision {kwargs.get('revision')}) cannot be "
+                   f"loaded: {str(e).splitlines()[0][:200]}", name) from None
+
+
 def load_model(entry: dict[str, Any], model_dir: str | Path | None = None,
                name: str | None = None) -> LoadedModel:
     """Load an entry's model (eval mode) and tokenizer. `model_dir` is the converted
@@ -320,7 +333,7 @@ def load_model(entry: dict[str, Any], model_dir: str | Path | None = None,
         else:
             identity = {"source": source, "path": str(where),
                         "weights_sha256": _weights_sha256(Path(where))}
-    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    tokenizer = _pretrained(AutoTokenizer, where, kwargs, entry, name)
     if device_map == "auto":
         model = AutoModelForCausalLM.from_pretrained(where, device_map="auto", dtype=dtype,
                                                      **kwargs)
@@ -447,7 +460,7 @@ def load_tokenizer(entry: dict[str, Any], model_dir: str | Path | None = None,
     from transformers import AutoConfig, AutoTokenizer
 
     where, kwargs = _where(entry, model_dir, name)
-    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-    config = AutoConfig.from_pretrained(where, **kwargs)
+    tokenizer = _pretrained(AutoTokenizer, where, kwargs, entry, name)
+    config = _pretrained(AutoConfig, where, kwargs, entry, name)
     holder = type("_ConfigOnly", (), {"config": config})()
     return tokenizer, context_length(holder, tokenizer, entry.get("max_length"))
