@@ -176,8 +176,10 @@ def grown_runtime(minutes: int, attempt: int, max_runtime_min: int | None = None
 
 def grown_mem_mb(mem_mb: int, attempt: int, max_mem_mb: int | None = None) -> int:
     """The mem_mb request of try `attempt`: x MEM_GROWTH per retry, capped."""
+    if attempt <= 1:
+        return int(mem_mb)
     cap = max(mem_mb, int(max_mem_mb or mem_mb * MEM_CAP_FACTOR))
-    grown = mem_mb * MEM_GROWTH ** (max(attempt, 1) - 1)
+    grown = mem_mb * MEM_GROWTH ** (attempt - 1)
     return int(min(cap, math.ceil(grown / 100) * 100))
 
 
