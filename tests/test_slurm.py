@@ -372,3 +372,187 @@ def test_scancel_real_logits_job_leaves_no_partial_shard(slurm_cluster, tiny_mod
     assert "reusing finished subject abstract_algebra" in log
     assert pl.read_parquet(cache / "part00.parquet").height == 2 * n
     assert pl.read_parquet(tmp_path / "reports/predictions.parquet")["subject"].n_unique() == 3
+
+
+# ---------------------------------------------------------------------------
+# Learned resources, time limits, SIGTERM and SIGKILL on the real workflow (docs/cluster.md).
+# ---------------------------------------------------------------------------
+import json  # noqa: E402
+
+import yaml  # noqa: E402
+
+from mmlu_flavors import resources as R  # noqa: E402
+
+
+def _submitted(out: str) -> list[str]:
+    """SLURM job ids in the order Snakemake submitted them."""
+    return re.findall(r"submitted with SLURM jobid (\d+)", out)
+
+
+def _job(jobid: str) -> dict[str, str]:
+    """`scontrol show job` of a job (finished ones stay for MinJobAge = 1 h on the CI cluster)."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", jobid], capture_output=True,
+                         text=True, check=True).stdout
+    return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+
+
+def _limit(minutes: int) -> str:
+    """A runtime as SLURM prints TimeLimit."""
+    d, m = divmod(minutes, 1440)
+    return (f"{d}-" if d else "") + f"{m // 60:02d}:{m % 60:02d}:00"
+
+
+def _mem_mb(value: str) -> int:
+    n, unit = re.fullmatch(r"([\d.]+)([MGT])", value).groups()
+    return int(float(n) * {"M": 1, "G": 1024, "T": 1024**2}[unit])
+
+
+def _edit_entry(workdir: Path, **fields) -> dict:
+    cfg_path = workdir / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["model_registry"]["tiny-llama"].update(fields)
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return cfg["model_registry"]["tiny-llama"]
+
+
+def test_learned_resources_size_the_next_job(slurm_cluster, tiny_model_dir, tmp_path):
+    """After one finished logits job, the next job of that model asks SLURM for the runtime
+    and memory derived from the job's metrics file, not the assumed ones (scontrol shows the
+    submitted -t and --mem)."""
+    n = 2
+    cfg = write_config(tmp_path, tiny_model_dir, ["abstract_algebra", "us_foreign_policy"], n,
+                       flavors=["original"], subjects_per_shard=1)
+    entry = yaml.safe_load(cfg.read_text())["model_registry"]["tiny-llama"]
+    views = tmp_path / f"data/cache/tiny-llama/original/first{n}"
+    r = real_slurm(tmp_path, str(views.relative_to(tmp_path) / "part00.parquet"))
+    assert r.returncode == 0, r.stdout[-6000:]
+    first = _submitted(r.stdout)
+    assert len(first) == 1, r.stdout[-6000:]
+    metrics_path = views / "part00.metrics.json"
+    m = json.loads(metrics_path.read_text())
+    assert m["slurm_job_id"] == first[0] and m["computed"] == n and m["tokens_per_s"] > 0
+    # The tiny model is so fast that both its measured and its assumed runtime are the
+    # 15-minute floor. Scale the record as if it had been measured on hardware slow enough
+    # for the next shard to need ~30 minutes, so the two differ.
+    meas = R.measured([m], entry, "original")
+    tokens, _ = R.learned_seconds(meas, "original", ["us_foreign_policy"], n)
+    slow = 1800 * m["tokens_per_s"] / tokens
+    m.update(forward_seconds=m["forward_seconds"] * slow, tokens_per_s=m["tokens_per_s"] / slow,
+             wall_seconds=m["wall_seconds"] + m["forward_seconds"] * (slow - 1))
+    metrics_path.write_text(json.dumps(m))
+    learned = R.model_resources(entry, "original", ["us_foreign_policy"], n, metrics=[m])
+    assumed = R.model_resources(entry, "original", ["us_foreign_policy"], n)
+    assert learned["runtime"] >= 30 and assumed["runtime"] == R.RUNTIME_MIN_MIN
+    assert learned["mem_mb"] != assumed["mem_mb"]
+
+    r = real_slurm(tmp_path)  # only the other shard (part54) is missing
+    assert r.returncode == 0, r.stdout[-6000:]
+    second = _submitted(r.stdout)
+    assert len(second) == 1, r.stdout[-6000:]
+    job = _job(second[0])
+    assert job["Comment"].endswith("_part54"), job   # us_foreign_policy is subject 54
+    assert job["TimeLimit"] == _limit(learned["runtime"]), job
+    assert _mem_mb(job["MinMemoryNode"]) == learned["mem_mb"], job
+
+
+class LogTries:
+    """Every version of a rule's log file: each try of a job rewrites it (`2> log`)."""
+
+    def __init__(self, path: Path):
+        self.path, self.tries = path, [""]
+
+    def poll(self) -> str:
+        try:
+            text = self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return self.tries[-1]
+        cur = self.tries[-1]
+        if text and cur and not text.startswith(cur[:120]):
+            self.tries.append(text)
+        elif len(text) >= len(cur):
+            self.tries[-1] = text
+        return text
+
+
+def _progress(log: str) -> tuple[int, int]:
+    """(questions a try flushed in checkpoints, questions it ran through the model after its
+    last checkpoint: lost when it was killed), from its log (checkpoint lines, tqdm)."""
+    text = log.replace("\r", "\n")
+    flushed = sum(int(k) for k in re.findall(r"checkpoint of (\d+) questions written", text))
+    tail = re.split(r"questions written[^\n]*\n", text)[-1]
+    done = re.findall(r"forward:[^\n]*?(\d+)/(\d+) \[", tail)
+    return flushed, int(done[-1][0]) if done else 0
+
+
+def _store_questions(workdir: Path) -> int:
+    from mmlu_flavors.cache import list_store
+
+    return int(list_store(workdir / "data/cache/store")["questions"].sum())
+
+
+def _running_job(name: str, p: subprocess.Popen, deadline: float) -> str:
+    while True:
+        running = [j for j in _squeue_jobs(name) if j[1] == "RUNNING"]
+        if running:
+            return running[0][0]
+        assert p.poll() is None, p.stdout.read()[-4000:]
+        assert time.monotonic() < deadline, f"no running job {name}"
+        time.sleep(0.2)
+
+
+def test_sigterm_and_sigkill_mid_subject_lose_at_most_one_checkpoint(
+        slurm_cluster, tiny_model_dir, tmp_path):
+    """One subject of 48 questions, checkpoints of 4. Try 1 gets `scancel --signal=TERM`
+    after some checkpoints: it logs the SIGTERM, everything it flushed stays in the store;
+    try 2 reuses those (it plans only the rest) and gets `scancel --signal=KILL`: at most one
+    checkpoint interval of its work is lost; try 3 finishes, computing exactly what no try
+    had flushed. Killed tries are counted from their logs and the store."""
+    n, every = 48, 4
+    write_config(tmp_path, tiny_model_dir, ["high_school_european_history"], n,
+                 flavors=["harness_e47e01b"], checkpoint_questions=every, checkpoint_seconds=0)
+    name = f"wildcards_tiny-llama_harness_e47e01b_first{n}_part00"
+    log = LogTries(tmp_path / f"logs/logits/tiny-llama/harness_e47e01b/first{n}/part00.log")
+    flushed_total, lost = 0, []
+    for sig in ("TERM", "KILL"):
+        p = real_slurm(tmp_path, "--retries", "0", background=True)
+        try:
+            deadline = time.monotonic() + 300
+            jobid = _running_job(name, p, deadline)
+            log.tries.append("")
+            # let this try flush two checkpoints, then signal it in the middle of the subject
+            while _progress(log.poll())[0] < 2 * every:
+                assert p.poll() is None, p.stdout.read()[-4000:]
+                assert time.monotonic() < deadline, log.tries[-1][-3000:]
+                time.sleep(0.05)
+            subprocess.run(["scancel", f"--signal={sig}", jobid], check=True)
+            out, _ = p.communicate(timeout=300)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        text = log.poll()
+        assert p.returncode != 0, out[-4000:]
+        assert re.search(rf"SLURM-job '{jobid}' failed, SLURM status is: '(FAILED|CANCELLED)",
+                         out), out[-4000:]
+        flushed, ran_after = _progress(text)
+        assert flushed < n - flushed_total, "the try finished its subject before the signal"
+        # it planned only what earlier tries had not flushed (checkpoint lines say k/todo)
+        assert re.search(rf"questions written \({every}/{n - flushed_total}\)", text), text[-3000:]
+        if sig == "TERM":
+            assert "terminated by SIGTERM" in text, text[-3000:]
+        flushed_total += flushed
+        assert _store_questions(tmp_path) == flushed_total   # every flushed question survived
+        assert ran_after <= every
+        lost.append(ran_after)
+        assert not (tmp_path / f"data/cache/tiny-llama/harness_e47e01b/first{n}"
+                    / "part00.parquet").exists()
+
+    r = real_slurm(tmp_path, "--retries", "0")
+    assert r.returncode == 0, r.stdout[-6000:]
+    m = json.loads((tmp_path / f"data/cache/tiny-llama/harness_e47e01b/first{n}"
+                    / "part00.metrics.json").read_text())
+    assert (m["computed"], m["reused"]) == (n - flushed_total, flushed_total)
+    assert f"computed {n - flushed_total}, reused {flushed_total} questions" in log.poll()
+    # questions run more than once = the unflushed work of the two killed tries
+    print(f"SIGTERM/SIGKILL: flushed {flushed_total} of {n}; run again: {lost} "
+          f"(checkpoint interval {every})")
+    assert pl.read_parquet(tmp_path / "reports/predictions.parquet").height > 0

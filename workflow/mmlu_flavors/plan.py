@@ -63,14 +63,18 @@ def load_config(configfiles: Iterable[str | Path], directory: str | Path = ".") 
 
 
 def shards(config: dict[str, Any]) -> dict[str, list[str]]:
-    """shard -> subjects, as workflow/rules/common.smk cuts them (canonical order)."""
+    """shard -> subjects, as workflow/rules/common.smk cuts them: shard k holds the chosen
+    subjects among the 57 at canonical positions k*per .. (k+1)*per - 1 (stable names)."""
     chosen = SUBJECTS if config["subjects"] == "all" else config["subjects"]
     unknown = sorted(set(chosen) - set(SUBJECTS))
     if unknown:
         raise ValueError(f"config: subjects: unknown MMLU subject(s) {unknown}")
-    ordered = [s for s in SUBJECTS if s in chosen]
     per = int(config.get("subjects_per_shard", 57))
-    return {f"part{i // per:02d}": ordered[i:i + per] for i in range(0, len(ordered), per)}
+    out: dict[str, list[str]] = {}
+    for i, s in enumerate(SUBJECTS):
+        if s in chosen:
+            out.setdefault(f"part{i // per:02d}", []).append(s)
+    return out
 
 
 def metrics_files(directory: str | Path, slug: str | None = None) -> list[Path]:
