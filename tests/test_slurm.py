@@ -565,3 +565,65 @@ def test_sigterm_and_sigkill_mid_subject_lose_at_most_one_checkpoint(
     print(f"SIGTERM/SIGKILL: flushed {flushed_total} of {n}; run again: {lost} "
           f"(checkpoint interval {every})")
     assert pl.read_parquet(tmp_path / "reports/predictions.parquet").height > 0
+
+
+def test_time_limit_kill_is_retried_with_a_larger_limit(slurm_cluster, tiny_model_dir,
+                                                        tmp_path):
+    """A logits job whose runtime (the entry's runtime_min: 1) is too short: SLURM kills it at
+    its limit (TIMEOUT, SIGTERM first), Snakemake resubmits it with twice the limit, the retry
+    reuses every checkpoint the killed try flushed, and the final cache view equals a local
+    run's. Counted: each question is computed and kept exactly once; what a killed try ran
+    after its last checkpoint (run twice) is at most one checkpoint interval."""
+    subjects, n, every = ["high_school_european_history", "high_school_world_history"], 140, 8
+    target = f"data/cache/tiny-llama/harness_e47e01b/first{n}/part00.parquet"
+    runs = {}
+    for kind in ("local", "slurm"):  # one after the other: the SLURM run's timing is the test
+        wd = tmp_path / kind
+        wd.mkdir()
+        write_config(wd, tiny_model_dir, subjects, n, flavors=["harness_e47e01b"],
+                     checkpoint_questions=every, checkpoint_seconds=0)
+        runs[kind] = wd
+    t0 = time.monotonic()
+    snakemake(runs["local"], "--profile", str(REPO / "profiles" / "local"), "--cores", "2", target)
+    print(f"local run: {time.monotonic() - t0:.0f} s")
+
+    wd = runs["slurm"]
+    _edit_entry(wd, runtime_min=1)
+    log = LogTries(wd / f"logs/logits/tiny-llama/harness_e47e01b/first{n}/part00.log")
+    t0 = time.monotonic()
+    p = real_slurm(wd, "--retries", "3", target, background=True)
+    try:
+        while p.poll() is None:
+            log.poll()
+            assert time.monotonic() - t0 < 1500, "no result after 25 minutes"
+            time.sleep(0.2)
+        out = p.stdout.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+    log.poll()
+    print(f"SLURM run: {time.monotonic() - t0:.0f} s")
+    assert p.returncode == 0, out[-6000:]
+    ids = _submitted(out)
+    if len(ids) == 1:
+        pytest.skip("the job finished inside its first 1-minute limit (machine too fast)")
+    jobs = [_job(i) for i in ids]
+    assert [j["JobState"] for j in jobs] == ["TIMEOUT"] * (len(ids) - 1) + ["COMPLETED"], jobs
+    assert [j["TimeLimit"] for j in jobs] == [_limit(2 ** k) for k in range(len(ids))]
+    assert "SLURM status is: 'TIMEOUT'" in out, out[-6000:]
+    assert len(log.tries) == len(ids), [t[-500:] for t in log.tries]
+
+    questions = len(subjects) * n
+    flushed = lost = 0
+    for text in log.tries[:-1]:  # the killed tries
+        done, ran_after = _progress(text)
+        assert "terminated by SIGTERM" in text, text[-3000:]
+        assert ran_after <= every
+        flushed += done
+        lost += ran_after
+    m = json.loads((wd / target.replace(".parquet", ".metrics.json")).read_text())
+    assert m["slurm_job_id"] == ids[-1]
+    assert (m["computed"], m["reused"]) == (questions - flushed, flushed), m
+    print(f"time limit: {len(ids)} tries, {flushed} of {questions} questions flushed by killed "
+          f"tries, {lost} run twice (checkpoint interval {every})")
+    assert_frame_equal(pl.read_parquet(runs["local"] / target), pl.read_parquet(wd / target))
