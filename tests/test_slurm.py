@@ -20,6 +20,7 @@ Cost (2-core VM): 29 s, 47 s, 78 s, 76 s: ~4 min for the file, SLURM already ins
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -328,22 +329,24 @@ def _squeue_jobs(name_substring: str) -> list[tuple[str, str, str]]:
 
 
 def test_scancel_real_logits_job_leaves_no_partial_shard(slurm_cluster, tiny_model_dir, tmp_path):
-    """scancel a logits job in the middle of its second subject: its shard does not exist and
-    no *.tmp is left in the shard directory, the other job's shard is kept; the rerun submits
-    only the cancelled job, which reuses its finished first subject."""
+    """scancel a logits job in the middle of its second subject: its view does not exist and
+    no *.tmp is left under data/cache, the other job's view is kept; the rerun submits only
+    the cancelled job, which reuses the questions of its finished first subject."""
+    from mmlu_flavors.cache import list_store
+
     subjects = ["abstract_algebra", "high_school_european_history", "us_foreign_policy"]
     n = 24
     write_config(tmp_path, tiny_model_dir, subjects, n, flavors=["harness_e47e01b"],
-                 subjects_per_shard=2)  # part00: algebra + european history, part01: policy
-    cache = tmp_path / f"data/cache/tiny-llama/harness_e47e01b/first{n}"
-    first = cache / "parts/part00/abstract_algebra.parquet"
+                 subjects_per_shard=23)  # part00: algebra (0) + european history (22);
+    cache = tmp_path / f"data/cache/tiny-llama/harness_e47e01b/first{n}"  # part02: policy
+    store = tmp_path / "data/cache/store"
     target = f"wildcards_tiny-llama_harness_e47e01b_first{n}_part00"
     p = real_slurm(tmp_path, "--retries", "0", background=True)
     jobid = None
     try:
         deadline = time.monotonic() + 300
-        while not first.exists():  # the job finished its first subject
-            assert p.poll() is None, p.stdout.read()[-4000:]
+        while not list(store.glob("*/harness_e47e01b/abstract_algebra/*.parquet")):
+            assert p.poll() is None, p.stdout.read()[-4000:]   # first subject flushed
             assert time.monotonic() < deadline, "the logits job never got through a subject"
             time.sleep(0.05)
         running = [j for j in _squeue_jobs(target) if j[1] == "RUNNING"]
@@ -358,18 +361,21 @@ def test_scancel_real_logits_job_leaves_no_partial_shard(slurm_cluster, tiny_mod
         pytest.skip("the logits job finished before scancel reached it")
     assert p.returncode != 0, out[-4000:]
     assert re.search(rf"SLURM-job '{jobid}' failed, SLURM status is: 'CANCELLED", out), out[-4000:]
-    assert (cache / "part01.parquet").exists()          # the other job finished
-    assert not (cache / "part00.parquet").exists()      # no partial shard
-    assert not [q for q in cache.rglob("*") if q.name.endswith(".tmp")], list(cache.rglob("*"))
-    assert first.exists()                                # the finished subject is kept
-    mtimes = {q: q.stat().st_mtime_ns for q in (cache / "part01.parquet", first)}
+    assert (cache / "part02.parquet").exists()          # the other job finished
+    assert not (cache / "part00.parquet").exists()      # no partial view
+    assert not [q for q in (tmp_path / "data/cache").rglob("*") if ".tmp" in q.name]
+    held = list_store(store).filter(pl.col("flavor") == "harness_e47e01b")
+    kept = dict(zip(held["subject"], held["questions"]))
+    assert kept["abstract_algebra"] == n                 # the finished subject is kept
+    mtime = (cache / "part02.parquet").stat().st_mtime_ns
 
     r = real_slurm(tmp_path)
     assert r.returncode == 0, r.stdout[-6000:]
     assert r.stdout.count("submitted with SLURM jobid") == 1, r.stdout[-6000:]
-    assert {q: q.stat().st_mtime_ns for q in mtimes} == mtimes
-    log = (tmp_path / f"logs/logits/tiny-llama/harness_e47e01b/first{n}/part00.log").read_text()
-    assert "reusing finished subject abstract_algebra" in log
+    assert (cache / "part02.parquet").stat().st_mtime_ns == mtime
+    m = json.loads((cache / "part00.metrics.json").read_text())
+    reused = kept["abstract_algebra"] + kept.get("high_school_european_history", 0)
+    assert (m["computed"], m["reused"]) == (2 * n - reused, reused), m
     assert pl.read_parquet(cache / "part00.parquet").height == 2 * n
     assert pl.read_parquet(tmp_path / "reports/predictions.parquet")["subject"].n_unique() == 3
 
@@ -377,8 +383,6 @@ def test_scancel_real_logits_job_leaves_no_partial_shard(slurm_cluster, tiny_mod
 # ---------------------------------------------------------------------------
 # Learned resources, time limits, SIGTERM and SIGKILL on the real workflow (docs/cluster.md).
 # ---------------------------------------------------------------------------
-import json  # noqa: E402
-
 import yaml  # noqa: E402
 
 from mmlu_flavors import resources as R  # noqa: E402
