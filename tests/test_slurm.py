@@ -10,11 +10,16 @@ turns that off, and the tests then skip).
 
 Tests: a toy 3-job workflow; scancel on the toy workflow; the REAL mmlu-flavors workflow on
 a tiny local model (2 subjects x 2 questions, 2 flavors, 4 logits jobs via sbatch) whose
-predictions and cache shards equal a local run's; scancel of a real logits job mid-shard
-(no shard, no *.tmp, the rerun submits only that job and reuses its finished subject).
+predictions and cache views equal a local run's; scancel of a real logits job mid-shard
+(no view, no *.tmp, the rerun submits only that job and reuses its flushed questions);
+learned resources (after one finished job the next one's `sbatch -t/--mem` come from its
+metrics file); `scancel --signal=TERM` then `--signal=KILL` inside a checkpoint (flushed
+questions survive and are reused, at most one checkpoint interval is lost per kill); a job
+killed at its time limit (TIMEOUT) and retried with 2x, 4x the limit, equal to a local run.
 
 Run only these tests:   pytest -m slurm tests/test_slurm.py -v
-Cost (2-core VM): 29 s, 47 s, 78 s, 76 s: ~4 min for the file, SLURM already installed.
+Cost (2-core VM, SLURM installed, see ci/slurm/README.md for the measured times): the
+time-limit test dominates (a 1-minute limit must be hit, and its reference is a local run).
 """
 
 from __future__ import annotations
