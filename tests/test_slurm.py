@@ -15,7 +15,8 @@ predictions and cache views equal a local run's; scancel of a real logits job mi
 learned resources (after one finished job the next one's `sbatch -t/--mem` come from its
 metrics file); `scancel --signal=TERM` then `--signal=KILL` inside a checkpoint (flushed
 questions survive and are reused, at most one checkpoint interval is lost per kill); a job
-killed at its time limit (TIMEOUT) and retried with 2x, 4x the limit, equal to a local run.
+killed at its time limit (TIMEOUT) and retried with 2x, 4x the limit, equal to a local run;
+a job requeued by SLURM (`--slurm-requeue`, `scontrol requeue`) reuses its checkpoints.
 
 Run only these tests:   pytest -m slurm tests/test_slurm.py -v
 Cost (2-core VM, SLURM installed, see ci/slurm/README.md for the measured times): the
@@ -493,6 +494,12 @@ def _progress(log: str) -> tuple[int, int]:
     return flushed, int(done[-1][0]) if done else 0
 
 
+def _inside_checkpoint(log: str, k: int, every: int) -> bool:
+    """Has the try flushed k - 1 checkpoints and run a question of the k-th?"""
+    flushed, ran_after = _progress(log)
+    return flushed >= (k - 1) * every and ran_after >= 1
+
+
 def _store_questions(workdir: Path) -> int:
     from mmlu_flavors.cache import list_store
 
@@ -525,10 +532,6 @@ def test_sigterm_and_sigkill_mid_subject_lose_at_most_one_checkpoint(
     def read_log() -> str:
         return log.read_text(errors="replace") if log.exists() else ""
 
-    def inside_third_checkpoint(text: str) -> bool:
-        flushed, ran_after = _progress(text)
-        return flushed >= 2 * every and ran_after >= 1
-
     flushed_total, lost = 0, []
     for sig in ("TERM", "KILL"):
         log.unlink(missing_ok=True)  # each try writes its own
@@ -537,7 +540,7 @@ def test_sigterm_and_sigkill_mid_subject_lose_at_most_one_checkpoint(
             deadline = time.monotonic() + 300
             jobid = _running_job(name, p, deadline)
             # let this try flush two checkpoints and start on the next one, then signal it
-            while not inside_third_checkpoint(read_log()):
+            while not _inside_checkpoint(read_log(), 3, every):
                 assert p.poll() is None, p.stdout.read()[-4000:]
                 assert time.monotonic() < deadline, read_log()[-3000:]
                 time.sleep(0.05)
@@ -636,3 +639,42 @@ def test_time_limit_kill_is_retried_with_a_larger_limit(slurm_cluster, tiny_mode
     print(f"time limit: {len(ids)} tries, {flushed} of {questions} questions flushed by killed "
           f"tries, {lost} run twice (checkpoint interval {every})")
     assert_frame_equal(pl.read_parquet(runs["local"] / target), pl.read_parquet(wd / target))
+
+
+def test_requeued_job_reuses_its_checkpoints(slurm_cluster, tiny_model_dir, tmp_path):
+    """Preemption with `--slurm-requeue` (sbatch --requeue), simulated by `scontrol requeue`
+    inside a checkpoint: SLURM kills the job and runs it again under the same job id (after
+    its ~2-minute requeue delay); Snakemake keeps waiting for it, submits nothing else and
+    uses no retry; the requeued run reuses every question flushed before the requeue."""
+    n, every = 48, 4
+    write_config(tmp_path, tiny_model_dir, ["high_school_european_history"], n,
+                 flavors=["harness_e47e01b"], checkpoint_questions=every, checkpoint_seconds=0)
+    name = f"wildcards_tiny-llama_harness_e47e01b_first{n}_part00"
+    views = tmp_path / f"data/cache/tiny-llama/harness_e47e01b/first{n}"
+    log = tmp_path / f"logs/logits/tiny-llama/harness_e47e01b/first{n}/part00.log"
+    p = real_slurm(tmp_path, "--slurm-requeue", "--retries", "0",
+                   str(views.relative_to(tmp_path) / "part00.parquet"), background=True)
+    try:
+        deadline = time.monotonic() + 300
+        jobid = _running_job(name, p, deadline)
+        while not _inside_checkpoint(log.read_text() if log.exists() else "", 3, every):
+            assert p.poll() is None, p.stdout.read()[-4000:]
+            assert time.monotonic() < deadline, "no checkpoint written"
+            time.sleep(0.05)
+        subprocess.run(["scontrol", "requeue", jobid], check=True)
+        while _job(jobid)["JobState"] == "RUNNING":   # killed and back in the queue
+            time.sleep(0.2)
+        flushed = _store_questions(tmp_path)
+        out, _ = p.communicate(timeout=900)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, out[-6000:]
+    assert _submitted(out) == [jobid], out[-6000:]
+    job = _job(jobid)
+    assert (job["JobState"], job["Restarts"]) == ("COMPLETED", "1"), job
+    assert 2 * every <= flushed < n
+    m = json.loads((views / "part00.metrics.json").read_text())
+    assert m["slurm_job_id"] == jobid
+    assert (m["computed"], m["reused"]) == (n - flushed, flushed), m
+    assert pl.read_parquet(views / "part00.parquet").height == n
