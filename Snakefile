@@ -20,9 +20,11 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/cache.smk"
 include: "workflow/rules/scores.smk"
+include: "workflow/rules/cost.smk"
 
 
 rule all:
     input:
         REPORT_OUTPUTS,
+        "reports/cost.csv",
     default_target: True

@@ -4,6 +4,7 @@ dry run of the real workflow with blog.yaml requests for the blog's eight models
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import shutil
 import subprocess
@@ -159,3 +160,113 @@ def test_dry_run_blog_resources(tmp_path: Path) -> None:
 def test_dry_run_blog_with_slurm_profile(tmp_path: Path) -> None:
     out = _dry_run(tmp_path, "--profile", str(ROOT / "profiles" / "slurm"))
     _check_blog_jobs(logits_jobs(out))
+
+
+# ---------------------------------------------------------------- retries
+
+def test_retries_grow_runtime_and_memory_up_to_a_cap() -> None:
+    base = R.model_resources(LLAMA_7B, "helm", SHARD, None)
+    tries = [R.model_resources(LLAMA_7B, "helm", SHARD, None, attempt=a) for a in (1, 2, 3)]
+    assert tries[0] == base
+    assert [t["runtime"] for t in tries] == [base["runtime"], 2 * base["runtime"],
+                                             4 * base["runtime"]]
+    assert tries[1]["mem_mb"] == math.ceil(base["mem_mb"] * 1.5 / 100) * 100
+    assert tries[2]["mem_mb"] == 2 * base["mem_mb"]            # default cap: twice the first
+    capped = R.model_resources(LLAMA_7B, "helm", SHARD, None, attempt=9, max_runtime_min=100,
+                               max_mem_mb=30_000)
+    assert capped["runtime"] == 100 and capped["mem_mb"] == 30_000
+    # an entry's own runtime_min grows too (it may simply be too short)
+    assert R.model_resources({**LLAMA_7B, "runtime_min": 1}, "helm", SHARD, None,
+                             attempt=3)["runtime"] == 4
+    # a cap below the first request never shrinks it
+    assert R.grown_runtime(300, 2, max_runtime_min=100) == 300
+
+
+# ---------------------------------------------------------------- learned resources
+
+def job_metrics(**over) -> dict:
+    """A metrics file as `mmlu-flavors logits` writes it (the keys of cache.job_metrics)."""
+    m = {"model": "llama-7b", "slug": "llama-7b", "flavor": "helm", "shard": "part00",
+         "selection": "all", "subjects": SHARD, "questions": 1076, "computed": 1076,
+         "reused": 0, "tokens": 0, "forward_seconds": 0.0, "tokens_per_s": None,
+         "load_seconds": 95.0, "wall_seconds": 0.0, "peak_host_mem_mb": 9000.0,
+         "peak_gpu_mem_mb": 15000.0, "device": "cuda", "device_name": "NVIDIA A100-SXM4-80GB",
+         "n_gpus": 1, "dtype": "float16", "hostname": "gpu001", "slurm_job_id": "17",
+         "finished": "2026-11-28T10:00:00+0000"}
+    m.update(over)
+    if "tokens" not in over:   # 1.1 model tokens per TOKEN_COUNTS token
+        m["tokens"] = int(R.shard_tokens(m["flavor"], m["subjects"], R.selection_n(m["selection"]))
+                          / R.TOKENIZER_FACTOR * 1.1 * m["computed"] / m["questions"])
+    if "forward_seconds" not in over:
+        m["forward_seconds"] = m["tokens"] / over.get("tokens_per_s", 4000.0)
+    m["tokens_per_s"] = m["tokens"] / m["forward_seconds"] if m["forward_seconds"] else None
+    if "wall_seconds" not in over:
+        m["wall_seconds"] = m["load_seconds"] + m["forward_seconds"] + 0.02 * m["questions"]
+    return m
+
+
+def test_learned_runtime_and_memory_from_metrics() -> None:
+    m = job_metrics(tokens_per_s=300.0)  # a slow GPU: runtimes above the floor
+    meas = R.measured([m], LLAMA_7B, "helm")
+    assert meas is not None and meas.jobs == 1 and meas.flavor_matched
+    assert meas.tokens_per_s == pytest.approx(300.0)
+    assert meas.token_ratio == pytest.approx(1.1, rel=1e-3)     # the model's own tokenizer
+    assert meas.overhead_s_per_question == pytest.approx(0.02, rel=1e-3)
+    other = SUBJECTS[8:16]
+    res = R.model_resources(LLAMA_7B, "helm", other, None, metrics=[m])
+    tokens = R.shard_tokens("helm", other, None) / R.TOKENIZER_FACTOR * 1.1
+    seconds = 95.0 + tokens / 300.0 + 0.02 * R.shard_questions(other, None)
+    minutes = math.ceil(1.25 * seconds / 60) + 10
+    assert res["runtime"] == max(15, 5 * math.ceil(minutes / 5))
+    assert res["runtime"] != R.model_resources(LLAMA_7B, "helm", other, None)["runtime"]
+    assert res["mem_mb"] == math.ceil((9000 * 1.25 + 1024) / 100) * 100
+    assert res["gpu"] == 1                                          # GPUs stay as derived
+    # ten times slower hardware: about ten times the compute part
+    slow = R.model_resources(LLAMA_7B, "helm", other, None,
+                             metrics=[job_metrics(tokens_per_s=30.0)])
+    assert slow["runtime"] > 5 * res["runtime"] - 60
+    # retries grow learned requests as well; entry overrides still win
+    assert R.model_resources(LLAMA_7B, "helm", other, None, metrics=[m],
+                             attempt=2)["runtime"] == 2 * res["runtime"]
+    pinned = R.model_resources({**LLAMA_7B, "runtime_min": 33, "mem_mb": 12345}, "helm",
+                               other, None, metrics=[m])
+    assert (pinned["runtime"], pinned["mem_mb"]) == (33, 12345)
+
+
+def test_learned_resources_pick_matching_hardware() -> None:
+    a100 = job_metrics(tokens_per_s=4000.0)
+    h100 = job_metrics(tokens_per_s=9000.0, device_name="NVIDIA H100 80GB HBM3", shard="part01")
+    cpu = job_metrics(tokens_per_s=50.0, device="cpu", device_name="Intel Xeon", n_gpus=0,
+                      peak_gpu_mem_mb=None)
+    # the slowest GPU type measured (a job may land on either); CPU runs never size GPU jobs
+    assert R.measured([a100, h100, cpu], LLAMA_7B, "helm").device_name == a100["device_name"]
+    # a constraint picks the hardware whose name contains it
+    assert R.measured([a100, h100], {**LLAMA_7B, "constraint": "h100"},
+                      "helm").tokens_per_s == pytest.approx(9000.0)
+    # a CPU entry uses only CPU runs
+    cpu_entry = {**LLAMA_7B, "device": "cpu"}
+    assert R.measured([a100, h100, cpu], cpu_entry, "helm").device_name == "Intel Xeon"
+    # another dtype, or nothing computed (every question reused): not usable
+    assert R.measured([job_metrics(dtype="float32")], LLAMA_7B, "helm") is None
+    assert R.measured([job_metrics(computed=0, reused=1076, tokens=0, forward_seconds=0.0,
+                                   tokens_per_s=None)], LLAMA_7B, "helm") is None
+    # the same flavor is preferred; another flavor's jobs stand in when there is none
+    e47 = job_metrics(flavor="harness_e47e01b", tokens_per_s=6000.0, shard="part02")
+    assert R.measured([a100, e47], LLAMA_7B, "harness_e47e01b").tokens_per_s == \
+        pytest.approx(6000.0)
+    got = R.measured([a100], LLAMA_7B, "harness_current")
+    assert got is not None and not got.flavor_matched
+    # several jobs: all their tokens over all their forward seconds
+    two = R.measured([a100, job_metrics(tokens_per_s=2000.0, shard="part03")], LLAMA_7B, "helm")
+    assert 2000.0 < two.tokens_per_s < 4000.0 and two.jobs == 2
+
+
+def test_read_metrics_skips_bad_files(tmp_path: Path, capsys) -> None:
+    import json
+
+    good, bad = tmp_path / "a.metrics.json", tmp_path / "b.metrics.json"
+    good.write_text(json.dumps(job_metrics()))
+    bad.write_text("{not json")
+    assert [m["shard"] for m in R.read_metrics([good, bad, tmp_path / "missing.json"])] == \
+        ["part00"]
+    assert "b.metrics.json" in capsys.readouterr().err

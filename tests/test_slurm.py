@@ -10,16 +10,23 @@ turns that off, and the tests then skip).
 
 Tests: a toy 3-job workflow; scancel on the toy workflow; the REAL mmlu-flavors workflow on
 a tiny local model (2 subjects x 2 questions, 2 flavors, 4 logits jobs via sbatch) whose
-predictions and cache shards equal a local run's; scancel of a real logits job mid-shard
-(no shard, no *.tmp, the rerun submits only that job and reuses its finished subject).
+predictions and cache views equal a local run's; scancel of a real logits job mid-shard
+(no view, no *.tmp, the rerun submits only that job and reuses its flushed questions);
+learned resources (after one finished job the next one's `sbatch -t/--mem` come from its
+metrics file); `scancel --signal=TERM` then `--signal=KILL` inside a checkpoint (flushed
+questions survive and are reused, at most one checkpoint interval is lost per kill); a job
+killed at its time limit (TIMEOUT) and retried with 2x, 4x the limit, equal to a local run;
+a job requeued by SLURM (`--slurm-requeue`, `scontrol requeue`) reuses its checkpoints.
 
 Run only these tests:   pytest -m slurm tests/test_slurm.py -v
-Cost (2-core VM): 29 s, 47 s, 78 s, 76 s: ~4 min for the file, SLURM already installed.
+Cost (2-core VM, SLURM installed, see ci/slurm/README.md for the measured times): the
+time-limit test dominates (a 1-minute limit must be hit, and its reference is a local run).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -328,22 +335,24 @@ def _squeue_jobs(name_substring: str) -> list[tuple[str, str, str]]:
 
 
 def test_scancel_real_logits_job_leaves_no_partial_shard(slurm_cluster, tiny_model_dir, tmp_path):
-    """scancel a logits job in the middle of its second subject: its shard does not exist and
-    no *.tmp is left in the shard directory, the other job's shard is kept; the rerun submits
-    only the cancelled job, which reuses its finished first subject."""
+    """scancel a logits job in the middle of its second subject: its view does not exist and
+    no *.tmp is left under data/cache, the other job's view is kept; the rerun submits only
+    the cancelled job, which reuses the questions of its finished first subject."""
+    from mmlu_flavors.cache import list_store
+
     subjects = ["abstract_algebra", "high_school_european_history", "us_foreign_policy"]
     n = 24
     write_config(tmp_path, tiny_model_dir, subjects, n, flavors=["harness_e47e01b"],
-                 subjects_per_shard=2)  # part00: algebra + european history, part01: policy
-    cache = tmp_path / f"data/cache/tiny-llama/harness_e47e01b/first{n}"
-    first = cache / "parts/part00/abstract_algebra.parquet"
+                 subjects_per_shard=23)  # part00: algebra (0) + european history (22);
+    cache = tmp_path / f"data/cache/tiny-llama/harness_e47e01b/first{n}"  # part02: policy
+    store = tmp_path / "data/cache/store"
     target = f"wildcards_tiny-llama_harness_e47e01b_first{n}_part00"
     p = real_slurm(tmp_path, "--retries", "0", background=True)
     jobid = None
     try:
         deadline = time.monotonic() + 300
-        while not first.exists():  # the job finished its first subject
-            assert p.poll() is None, p.stdout.read()[-4000:]
+        while not list(store.glob("*/harness_e47e01b/abstract_algebra/*.parquet")):
+            assert p.poll() is None, p.stdout.read()[-4000:]   # first subject flushed
             assert time.monotonic() < deadline, "the logits job never got through a subject"
             time.sleep(0.05)
         running = [j for j in _squeue_jobs(target) if j[1] == "RUNNING"]
@@ -358,17 +367,314 @@ def test_scancel_real_logits_job_leaves_no_partial_shard(slurm_cluster, tiny_mod
         pytest.skip("the logits job finished before scancel reached it")
     assert p.returncode != 0, out[-4000:]
     assert re.search(rf"SLURM-job '{jobid}' failed, SLURM status is: 'CANCELLED", out), out[-4000:]
-    assert (cache / "part01.parquet").exists()          # the other job finished
-    assert not (cache / "part00.parquet").exists()      # no partial shard
-    assert not [q for q in cache.rglob("*") if q.name.endswith(".tmp")], list(cache.rglob("*"))
-    assert first.exists()                                # the finished subject is kept
-    mtimes = {q: q.stat().st_mtime_ns for q in (cache / "part01.parquet", first)}
+    assert (cache / "part02.parquet").exists()          # the other job finished
+    assert not (cache / "part00.parquet").exists()      # no partial view
+    assert not [q for q in (tmp_path / "data/cache").rglob("*") if ".tmp" in q.name]
+    held = list_store(store).filter(pl.col("flavor") == "harness_e47e01b")
+    kept = dict(zip(held["subject"], held["questions"]))
+    assert kept["abstract_algebra"] == n                 # the finished subject is kept
+    mtime = (cache / "part02.parquet").stat().st_mtime_ns
 
     r = real_slurm(tmp_path)
     assert r.returncode == 0, r.stdout[-6000:]
     assert r.stdout.count("submitted with SLURM jobid") == 1, r.stdout[-6000:]
-    assert {q: q.stat().st_mtime_ns for q in mtimes} == mtimes
-    log = (tmp_path / f"logs/logits/tiny-llama/harness_e47e01b/first{n}/part00.log").read_text()
-    assert "reusing finished subject abstract_algebra" in log
+    assert (cache / "part02.parquet").stat().st_mtime_ns == mtime
+    m = json.loads((cache / "part00.metrics.json").read_text())
+    reused = kept["abstract_algebra"] + kept.get("high_school_european_history", 0)
+    assert (m["computed"], m["reused"]) == (2 * n - reused, reused), m
     assert pl.read_parquet(cache / "part00.parquet").height == 2 * n
     assert pl.read_parquet(tmp_path / "reports/predictions.parquet")["subject"].n_unique() == 3
+
+
+# ---------------------------------------------------------------------------
+# Learned resources, time limits, SIGTERM and SIGKILL on the real workflow (docs/cluster.md).
+# ---------------------------------------------------------------------------
+import yaml  # noqa: E402
+
+from mmlu_flavors import resources as R  # noqa: E402
+
+
+def _submitted(out: str) -> list[str]:
+    """SLURM job ids in the order Snakemake submitted them."""
+    return re.findall(r"submitted with SLURM jobid (\d+)", out)
+
+
+def _job(jobid: str) -> dict[str, str]:
+    """`scontrol show job` of a job (finished ones stay for MinJobAge = 1 h on the CI cluster)."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", jobid], capture_output=True,
+                         text=True, check=True).stdout
+    return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+
+
+def _limit(minutes: int) -> str:
+    """A runtime as SLURM prints TimeLimit."""
+    d, m = divmod(minutes, 1440)
+    return (f"{d}-" if d else "") + f"{m // 60:02d}:{m % 60:02d}:00"
+
+
+def _mem_mb(value: str) -> int:
+    n, unit = re.fullmatch(r"([\d.]+)([MGT])", value).groups()
+    return int(float(n) * {"M": 1, "G": 1024, "T": 1024**2}[unit])
+
+
+def _edit_entry(workdir: Path, **fields) -> dict:
+    cfg_path = workdir / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["model_registry"]["tiny-llama"].update(fields)
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return cfg["model_registry"]["tiny-llama"]
+
+
+def test_learned_resources_size_the_next_job(slurm_cluster, tiny_model_dir, tmp_path):
+    """After one finished logits job, the next job of that model asks SLURM for the runtime
+    and memory derived from the job's metrics file, not the assumed ones (scontrol shows the
+    submitted -t and --mem)."""
+    n = 2
+    cfg = write_config(tmp_path, tiny_model_dir, ["abstract_algebra", "us_foreign_policy"], n,
+                       flavors=["original"], subjects_per_shard=1)
+    entry = yaml.safe_load(cfg.read_text())["model_registry"]["tiny-llama"]
+    views = tmp_path / f"data/cache/tiny-llama/original/first{n}"
+    r = real_slurm(tmp_path, str(views.relative_to(tmp_path) / "part00.parquet"))
+    assert r.returncode == 0, r.stdout[-6000:]
+    first = _submitted(r.stdout)
+    assert len(first) == 1, r.stdout[-6000:]
+    metrics_path = views / "part00.metrics.json"
+    m = json.loads(metrics_path.read_text())
+    assert m["slurm_job_id"] == first[0] and m["computed"] == n and m["tokens_per_s"] > 0
+    # The tiny model is so fast that both its measured and its assumed runtime are the
+    # 15-minute floor. Scale the record as if it had been measured on hardware slow enough
+    # for the next shard to need ~30 minutes, so the two differ.
+    meas = R.measured([m], entry, "original")
+    tokens, _ = R.learned_seconds(meas, "original", ["us_foreign_policy"], n)
+    slow = 1800 * m["tokens_per_s"] / tokens
+    m.update(forward_seconds=m["forward_seconds"] * slow, tokens_per_s=m["tokens_per_s"] / slow,
+             wall_seconds=m["wall_seconds"] + m["forward_seconds"] * (slow - 1))
+    metrics_path.write_text(json.dumps(m))
+    learned = R.model_resources(entry, "original", ["us_foreign_policy"], n, metrics=[m])
+    assumed = R.model_resources(entry, "original", ["us_foreign_policy"], n)
+    assert learned["runtime"] >= 30 and assumed["runtime"] == R.RUNTIME_MIN_MIN
+    assert learned["mem_mb"] != assumed["mem_mb"]
+
+    r = real_slurm(tmp_path)  # only the other shard (part54) is missing
+    assert r.returncode == 0, r.stdout[-6000:]
+    second = _submitted(r.stdout)
+    assert len(second) == 1, r.stdout[-6000:]
+    job = _job(second[0])
+    assert job["Comment"].endswith("_part54"), job   # us_foreign_policy is subject 54
+    assert job["TimeLimit"] == _limit(learned["runtime"]), job
+    assert _mem_mb(job["MinMemoryNode"]) == learned["mem_mb"], job
+
+
+class LogTries:
+    """Every version of a rule's log file: each try of a job rewrites it (`2> log`)."""
+
+    def __init__(self, path: Path):
+        self.path, self.tries = path, [""]
+
+    def poll(self) -> str:
+        try:
+            text = self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return self.tries[-1]
+        cur = self.tries[-1]
+        if text and cur and not text.startswith(cur[:120]):
+            self.tries.append(text)
+        elif len(text) >= len(cur):
+            self.tries[-1] = text
+        return text
+
+
+def _progress(log: str) -> tuple[int, int]:
+    """(questions a try flushed in checkpoints, questions it ran through the model after its
+    last checkpoint: lost when it was killed), from its log (checkpoint lines, tqdm)."""
+    text = log.replace("\r", "\n")
+    flushed = sum(int(k) for k in re.findall(r"checkpoint of (\d+) questions written", text))
+    tail = re.split(r"questions written[^\n]*\n", text)[-1]
+    done = re.findall(r"forward:[^\n]*?(\d+)/(\d+) \[", tail)
+    return flushed, int(done[-1][0]) if done else 0
+
+
+def _inside_checkpoint(log: str, k: int, every: int) -> bool:
+    """Has the try flushed k - 1 checkpoints and run a question of the k-th?"""
+    flushed, ran_after = _progress(log)
+    return flushed >= (k - 1) * every and ran_after >= 1
+
+
+def _store_questions(workdir: Path) -> int:
+    from mmlu_flavors.cache import list_store
+
+    return int(list_store(workdir / "data/cache/store")["questions"].sum())
+
+
+def _running_job(name: str, p: subprocess.Popen, deadline: float) -> str:
+    while True:
+        running = [j for j in _squeue_jobs(name) if j[1] == "RUNNING"]
+        if running:
+            return running[0][0]
+        assert p.poll() is None, p.stdout.read()[-4000:]
+        assert time.monotonic() < deadline, f"no running job {name}"
+        time.sleep(0.2)
+
+
+def test_sigterm_and_sigkill_mid_subject_lose_at_most_one_checkpoint(
+        slurm_cluster, tiny_model_dir, tmp_path):
+    """One subject of 48 questions, checkpoints of 4. Try 1 gets `scancel --signal=TERM`
+    after two checkpoints, while it computes the third: it logs the SIGTERM, everything it flushed stays in the store;
+    try 2 reuses those (it plans only the rest) and gets `scancel --signal=KILL`: at most one
+    checkpoint interval of its work is lost; try 3 finishes, computing exactly what no try
+    had flushed. Killed tries are counted from their logs and the store."""
+    n, every = 48, 4
+    write_config(tmp_path, tiny_model_dir, ["high_school_european_history"], n,
+                 flavors=["harness_e47e01b"], checkpoint_questions=every, checkpoint_seconds=0)
+    name = f"wildcards_tiny-llama_harness_e47e01b_first{n}_part00"
+    log = tmp_path / f"logs/logits/tiny-llama/harness_e47e01b/first{n}/part00.log"
+
+    def read_log() -> str:
+        return log.read_text(errors="replace") if log.exists() else ""
+
+    flushed_total, lost = 0, []
+    for sig in ("TERM", "KILL"):
+        log.unlink(missing_ok=True)  # each try writes its own
+        p = real_slurm(tmp_path, "--retries", "0", background=True)
+        try:
+            deadline = time.monotonic() + 300
+            jobid = _running_job(name, p, deadline)
+            # let this try flush two checkpoints and start on the next one, then signal it
+            while not _inside_checkpoint(read_log(), 3, every):
+                assert p.poll() is None, p.stdout.read()[-4000:]
+                assert time.monotonic() < deadline, read_log()[-3000:]
+                time.sleep(0.05)
+            subprocess.run(["scancel", f"--signal={sig}", jobid], check=True)
+            out, _ = p.communicate(timeout=300)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        text = read_log()
+        assert p.returncode != 0, out[-4000:]
+        assert re.search(rf"SLURM-job '{jobid}' failed, SLURM status is: '(FAILED|CANCELLED)",
+                         out), out[-4000:]
+        flushed, ran_after = _progress(text)
+        assert flushed < n - flushed_total, "the try finished its subject before the signal"
+        # it planned only what earlier tries had not flushed (checkpoint lines say k/todo)
+        assert re.search(rf"questions written \({every}/{n - flushed_total}\)", text), text[-3000:]
+        if sig == "TERM":
+            assert "terminated by SIGTERM" in text, text[-3000:]
+        flushed_total += flushed
+        assert _store_questions(tmp_path) == flushed_total   # every flushed question survived
+        assert 1 <= ran_after <= every   # killed inside a checkpoint: its work is lost
+        lost.append(ran_after)
+        assert not (tmp_path / f"data/cache/tiny-llama/harness_e47e01b/first{n}"
+                    / "part00.parquet").exists()
+
+    log.unlink()
+    r = real_slurm(tmp_path, "--retries", "0")
+    assert r.returncode == 0, r.stdout[-6000:]
+    m = json.loads((tmp_path / f"data/cache/tiny-llama/harness_e47e01b/first{n}"
+                    / "part00.metrics.json").read_text())
+    assert (m["computed"], m["reused"]) == (n - flushed_total, flushed_total)
+    assert f"computed {n - flushed_total}, reused {flushed_total} questions" in read_log()
+    # questions run more than once = the unflushed work of the two killed tries
+    print(f"SIGTERM/SIGKILL: flushed {flushed_total} of {n}; run again: {lost} "
+          f"(checkpoint interval {every})")
+    assert pl.read_parquet(tmp_path / "reports/predictions.parquet").height > 0
+
+
+def test_time_limit_kill_is_retried_with_a_larger_limit(slurm_cluster, tiny_model_dir,
+                                                        tmp_path):
+    """A logits job whose runtime (the entry's runtime_min: 1) is too short: SLURM kills it at
+    its limit (TIMEOUT, SIGTERM first), Snakemake resubmits it with twice the limit, the retry
+    reuses every checkpoint the killed try flushed, and the final cache view equals a local
+    run's. Counted: each question is computed and kept exactly once; what a killed try ran
+    after its last checkpoint (run twice) is at most one checkpoint interval."""
+    subjects, n, every = ["high_school_european_history", "high_school_world_history"], 140, 8
+    target = f"data/cache/tiny-llama/harness_e47e01b/first{n}/part00.parquet"
+    runs = {}
+    for kind in ("local", "slurm"):  # one after the other: the SLURM run's timing is the test
+        wd = tmp_path / kind
+        wd.mkdir()
+        write_config(wd, tiny_model_dir, subjects, n, flavors=["harness_e47e01b"],
+                     checkpoint_questions=every, checkpoint_seconds=0)
+        runs[kind] = wd
+    t0 = time.monotonic()
+    snakemake(runs["local"], "--profile", str(REPO / "profiles" / "local"), "--cores", "2", target)
+    print(f"local run: {time.monotonic() - t0:.0f} s")
+
+    wd = runs["slurm"]
+    _edit_entry(wd, runtime_min=1)
+    log = LogTries(wd / f"logs/logits/tiny-llama/harness_e47e01b/first{n}/part00.log")
+    t0 = time.monotonic()
+    p = real_slurm(wd, "--retries", "3", target, background=True)
+    try:
+        while p.poll() is None:
+            log.poll()
+            assert time.monotonic() - t0 < 1500, "no result after 25 minutes"
+            time.sleep(0.2)
+        out = p.stdout.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+    log.poll()
+    print(f"SLURM run: {time.monotonic() - t0:.0f} s")
+    assert p.returncode == 0, out[-6000:]
+    ids = _submitted(out)
+    if len(ids) == 1:
+        pytest.skip("the job finished inside its first 1-minute limit (machine too fast)")
+    jobs = [_job(i) for i in ids]
+    assert [j["JobState"] for j in jobs] == ["TIMEOUT"] * (len(ids) - 1) + ["COMPLETED"], jobs
+    assert [j["TimeLimit"] for j in jobs] == [_limit(2 ** k) for k in range(len(ids))]
+    assert "SLURM status is: 'TIMEOUT'" in out, out[-6000:]
+    assert len(log.tries) == len(ids), [t[-500:] for t in log.tries]
+
+    questions = len(subjects) * n
+    flushed = lost = 0
+    for text in log.tries[:-1]:  # the killed tries
+        done, ran_after = _progress(text)
+        assert "terminated by SIGTERM" in text, text[-3000:]
+        assert ran_after <= every
+        flushed += done
+        lost += ran_after
+    m = json.loads((wd / target.replace(".parquet", ".metrics.json")).read_text())
+    assert m["slurm_job_id"] == ids[-1]
+    assert (m["computed"], m["reused"]) == (questions - flushed, flushed), m
+    print(f"time limit: {len(ids)} tries, {flushed} of {questions} questions flushed by killed "
+          f"tries, {lost} run twice (checkpoint interval {every})")
+    assert_frame_equal(pl.read_parquet(runs["local"] / target), pl.read_parquet(wd / target))
+
+
+def test_requeued_job_reuses_its_checkpoints(slurm_cluster, tiny_model_dir, tmp_path):
+    """Preemption with `--slurm-requeue` (sbatch --requeue), simulated by `scontrol requeue`
+    inside a checkpoint: SLURM kills the job and runs it again under the same job id (after
+    its ~2-minute requeue delay); Snakemake keeps waiting for it, submits nothing else and
+    uses no retry; the requeued run reuses every question flushed before the requeue."""
+    n, every = 48, 4
+    write_config(tmp_path, tiny_model_dir, ["high_school_european_history"], n,
+                 flavors=["harness_e47e01b"], checkpoint_questions=every, checkpoint_seconds=0)
+    name = f"wildcards_tiny-llama_harness_e47e01b_first{n}_part00"
+    views = tmp_path / f"data/cache/tiny-llama/harness_e47e01b/first{n}"
+    log = tmp_path / f"logs/logits/tiny-llama/harness_e47e01b/first{n}/part00.log"
+    p = real_slurm(tmp_path, "--slurm-requeue", "--retries", "0",
+                   str(views.relative_to(tmp_path) / "part00.parquet"), background=True)
+    try:
+        deadline = time.monotonic() + 300
+        jobid = _running_job(name, p, deadline)
+        while not _inside_checkpoint(log.read_text() if log.exists() else "", 3, every):
+            assert p.poll() is None, p.stdout.read()[-4000:]
+            assert time.monotonic() < deadline, "no checkpoint written"
+            time.sleep(0.05)
+        subprocess.run(["scontrol", "requeue", jobid], check=True)
+        while _job(jobid)["JobState"] == "RUNNING":   # killed and back in the queue
+            time.sleep(0.2)
+        flushed = _store_questions(tmp_path)
+        out, _ = p.communicate(timeout=900)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, out[-6000:]
+    assert _submitted(out) == [jobid], out[-6000:]
+    job = _job(jobid)
+    assert (job["JobState"], job["Restarts"]) == ("COMPLETED", "1"), job
+    assert 2 * every <= flushed < n
+    m = json.loads((views / "part00.metrics.json").read_text())
+    assert m["slurm_job_id"] == jobid
+    assert (m["computed"], m["reused"]) == (n - flushed, flushed), m
+    assert pl.read_parquet(views / "part00.parquet").height == n

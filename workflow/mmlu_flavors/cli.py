@@ -161,6 +161,20 @@ def configured_model_keys(configfiles: list[str]) -> dict[str, str]:
     return keys
 
 
+def cmd_plan(a: argparse.Namespace) -> None:
+    from . import plan
+
+    if a.used is not None:
+        table = plan.used_gpu_hours(a.used) if not a.out else plan.write_cost(a.used, a.out)
+        print(plan.format_used(table))
+        return
+    config = plan.load_config(a.configfile, a.directory)
+    print(plan.format_plan(plan.plan_table(config, a.directory)))
+    used = plan.metrics_files(a.directory)
+    if used:
+        print("\n" + plan.format_used(plan.used_gpu_hours(used)))
+
+
 def cmd_predictions(a: argparse.Namespace) -> None:
     from .io import read_parquet_checked
     from .reduce import write_predictions
@@ -244,6 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--dry-run", action="store_true", help="prune: only say what would go")
     ca.add_argument("--identity", action="store_true", help="list: show each fingerprint")
     ca.set_defaults(fn=cmd_cache)
+
+    pl_ = sub.add_parser("plan", help="planned GPU-hours per model and flavor (offline), or "
+                         "the GPU-hours finished jobs used (--used)")
+    pl_.add_argument("--configfile", nargs="*", default=[],
+                     help="read after DIRECTORY/config.yaml, merged as Snakemake does")
+    pl_.add_argument("--directory", default=".", help="the workflow's working directory")
+    pl_.add_argument("--used", nargs="*", help="metrics files of finished logits jobs")
+    pl_.add_argument("--out", help="--used: also write this CSV")
+    pl_.set_defaults(fn=cmd_plan)
 
     pd_ = sub.add_parser("predictions", help="every prompt x scorer reduction of cache shards")
     pd_.add_argument("--out", required=True)

@@ -33,11 +33,26 @@ How each resource is derived (GiB = 2**30 bytes; an "80 GB" A100/H100 has 80 GiB
   entry's `runtime_min` overrides.
 * `slurm_partition`, `slurm_account`, `constraint` are passed through from the entry when
   set (they override the profile's defaults for that model's jobs only).
+
+Retries (`attempt`, Snakemake's count of this job's tries, 1 on the first): `runtime` x
+RUNTIME_GROWTH ** (attempt - 1) up to `max_runtime_min` (the partition's time limit), `mem_mb`
+x MEM_GROWTH ** (attempt - 1) up to `max_mem_mb` (default MEM_CAP_FACTOR x the first request).
+Snakemake does not say why a job failed, so both grow on every retry; a time limit and a host
+OOM are the failures that a larger request cures.
+
+Learned resources (`measured`, `learned_runtime_minutes`, `learned_mem_mb`): the metrics
+files of finished logits jobs (`data/cache/{model}/{flavor}/{selection}/{shard}.metrics.json`,
+written by `mmlu-flavors logits`) replace the assumptions for later jobs of the same model on
+the same kind of hardware; docs/cluster.md states the rule.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
@@ -58,6 +73,12 @@ FORWARDS_PER_QUESTION = 2   # context suffix, then one batch of continuations
 TOKENIZER_FACTOR = 1.2      # LLaMA-1 SentencePiece (32k) vs SmolLM2 BPE (49k): assumed
 RUNTIME_MARGIN, RUNTIME_FIXED_MIN, RUNTIME_MIN_MIN = 1.5, 10, 15
 TOKENS_PER_QUESTION_FALLBACK = 2000  # a subject missing from TOKEN_COUNTS
+RUNTIME_GROWTH = 2.0        # x runtime per retry: a job killed at its limit asks for twice
+MEM_GROWTH = 1.5            # x mem_mb per retry
+DEFAULT_MAX_RUNTIME_MIN = 2880  # cap of the grown runtime (2 days); config max_runtime_min
+MEM_CAP_FACTOR = 2.0        # default cap of the grown mem_mb: twice the first request
+LEARNED_MARGIN = 1.25       # x measured time (subjects differ; other jobs share the node)
+LEARNED_MEM_FACTOR, LEARNED_MEM_FIXED_MB = 1.25, 1024  # x measured peak host memory, + MB
 
 
 def dtype_of(entry: dict[str, Any]) -> str:
@@ -142,23 +163,203 @@ def compute_seconds(entry: dict[str, Any], tokens: float, questions: int, gpus: 
     return flops / ACHIEVED_FLOPS + stream
 
 
+def _round_runtime(seconds: float, margin: float) -> int:
+    minutes = math.ceil(margin * seconds / 60) + RUNTIME_FIXED_MIN
+    return max(RUNTIME_MIN_MIN, 5 * math.ceil(minutes / 5))
+
+
 def runtime_minutes(entry: dict[str, Any], tokens: float, gpus: int, questions: int = 0) -> int:
     compute = compute_seconds(entry, tokens, questions, gpus)
-    minutes = math.ceil(RUNTIME_MARGIN * (load_seconds(entry) + compute) / 60) + RUNTIME_FIXED_MIN
-    return max(RUNTIME_MIN_MIN, 5 * math.ceil(minutes / 5))
+    return _round_runtime(load_seconds(entry) + compute, RUNTIME_MARGIN)
+
+
+# ---------------------------------------------------------------- retries
+
+def grown_runtime(minutes: int, attempt: int, max_runtime_min: int | None = None) -> int:
+    """The runtime request of try `attempt`: x RUNTIME_GROWTH per retry, capped (never below
+    the first request)."""
+    cap = max(minutes, int(max_runtime_min or DEFAULT_MAX_RUNTIME_MIN))
+    return int(min(cap, math.ceil(minutes * RUNTIME_GROWTH ** (max(attempt, 1) - 1))))
+
+
+def grown_mem_mb(mem_mb: int, attempt: int, max_mem_mb: int | None = None) -> int:
+    """The mem_mb request of try `attempt`: x MEM_GROWTH per retry, capped."""
+    if attempt <= 1:
+        return int(mem_mb)
+    cap = max(mem_mb, int(max_mem_mb or mem_mb * MEM_CAP_FACTOR))
+    grown = mem_mb * MEM_GROWTH ** (attempt - 1)
+    return int(min(cap, math.ceil(grown / 100) * 100))
+
+
+# ---------------------------------------------------------------- learned resources
+
+@dataclass(frozen=True)
+class Measured:
+    """What finished jobs of one model on one kind of hardware measured."""
+
+    device_name: str
+    jobs: int
+    tokens_per_s: float          # all their tokens / all their forward seconds
+    token_ratio: float           # tokens run / TOKEN_COUNTS tokens of what they computed
+    load_seconds: float          # the slowest load
+    overhead_s_per_question: float  # wall - load - forward, per question (tokenizing, writes)
+    peak_host_mem_mb: float      # the largest peak
+    peak_gpu_mem_mb: float | None
+    flavor_matched: bool         # measured on the flavor asked for (else: all flavors)
+
+
+_METRICS_CACHE: dict[tuple[str, int, int], dict[str, Any] | None] = {}
+
+
+def read_metrics(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """The readable metrics files among `paths` (unchanged files are read once per process);
+    an unreadable one is skipped with a warning: it must not stop a cluster run."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        key = (str(p), st.st_mtime_ns, st.st_size)
+        if key not in _METRICS_CACHE:
+            try:
+                m = json.loads(p.read_text())
+                _METRICS_CACHE[key] = m if isinstance(m, dict) else None
+            except (OSError, ValueError) as e:
+                print(f"warning: ignoring metrics file {p}: {e}", file=sys.stderr)
+                _METRICS_CACHE[key] = None
+        if _METRICS_CACHE[key] is not None:
+            out.append(_METRICS_CACHE[key])
+    return out
+
+
+def selection_n(selection: str | None) -> int | None:
+    """`all` -> None, `first12` -> 12 (the questions per subject of a cache view)."""
+    s = str(selection or "all")
+    return int(s[5:]) if s.startswith("first") and s[5:].isdigit() else None
+
+
+def _table_tokens(m: dict[str, Any]) -> float:
+    """TOKEN_COUNTS tokens (no tokenizer factor) of what a finished job computed."""
+    total = shard_tokens(m.get("flavor"), m.get("subjects") or [], selection_n(m.get("selection")))
+    questions = m.get("questions") or 0
+    return total / TOKENIZER_FACTOR * (m["computed"] / questions if questions else 1.0)
+
+
+def _usable(m: dict[str, Any], entry: dict[str, Any], gpus: int) -> bool:
+    try:
+        ok = (m.get("computed", 0) > 0 and float(m.get("tokens_per_s") or 0) > 0
+              and float(m.get("tokens") or 0) > 0 and float(m.get("forward_seconds") or 0) > 0)
+    except (TypeError, ValueError):
+        return False
+    if not ok or m.get("device") != ("cuda" if gpus else "cpu"):
+        return False
+    dtype = str(m.get("dtype") or "").removeprefix("torch.")
+    return dtype_of(entry) == "auto" or dtype in ("", dtype_of(entry))
+
+
+def measured(metrics: list[dict[str, Any]], entry: dict[str, Any],
+             flavor: str | None = None) -> Measured | None:
+    """The measurements that size this entry's jobs, or None (no usable metrics).
+
+    Usable: a job that computed something, on the device kind the entry asks for (cuda when
+    it requests GPUs, else cpu), in the entry's dtype. Hardware: the entry's `constraint`
+    picks the device names that contain it (`a100` -> "NVIDIA A100-SXM4-80GB") when any do;
+    otherwise the slowest device measured (the next job may land on any of them). Jobs of
+    the same flavor are preferred (prompt lengths change the throughput); without any, all
+    flavors of the model count."""
+    gpus = gpu_count(entry)
+    rows = [m for m in metrics if _usable(m, entry, gpus)]
+    want = str(entry.get("constraint") or "").lower()
+    if want and any(want in str(m.get("device_name", "")).lower() for m in rows):
+        rows = [m for m in rows if want in str(m.get("device_name", "")).lower()]
+    if not rows:
+        return None
+    same = [m for m in rows if m.get("flavor") == flavor] if flavor else []
+    use = same or rows
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for m in use:
+        groups.setdefault(str(m.get("device_name") or "?"), []).append(m)
+
+    def tps(ms: list[dict[str, Any]]) -> float:
+        return sum(float(m["tokens"]) for m in ms) / sum(float(m["forward_seconds"]) for m in ms)
+
+    name, ms = min(groups.items(), key=lambda kv: tps(kv[1]))
+    every = [m for m in rows if str(m.get("device_name") or "?") == name]  # memory: all flavors
+    table = sum(_table_tokens(m) for m in ms)
+    gpu_peaks = [float(m["peak_gpu_mem_mb"]) for m in every if m.get("peak_gpu_mem_mb")]
+    return Measured(
+        device_name=name, jobs=len(ms), tokens_per_s=tps(ms),
+        token_ratio=(sum(float(m["tokens"]) for m in ms) / table if table > 0
+                     else TOKENIZER_FACTOR),
+        load_seconds=max(float(m.get("load_seconds") or 0) for m in ms),
+        overhead_s_per_question=max(
+            max(0.0, float(m.get("wall_seconds") or 0) - float(m.get("load_seconds") or 0)
+                - float(m["forward_seconds"])) / max(int(m.get("questions") or 1), 1)
+            for m in ms),
+        peak_host_mem_mb=max(float(m.get("peak_host_mem_mb") or 0) for m in every),
+        peak_gpu_mem_mb=max(gpu_peaks) if gpu_peaks else None,
+        flavor_matched=bool(same))
+
+
+def learned_seconds(meas: Measured, flavor: str | None, subjects: Iterable[str] | None,
+                    questions_per_subject: int | None) -> tuple[float, float]:
+    """(tokens, seconds) a job over these subjects takes at the measured throughput: the
+    TOKEN_COUNTS tokens of the shard x the measured tokens-per-table-token ratio (the model's
+    own tokenizer instead of the assumed TOKENIZER_FACTOR) / tokens_per_s, plus the measured
+    load and per-question overhead."""
+    subjects = list(subjects) if subjects is not None else None
+    tokens = (shard_tokens(flavor, subjects, questions_per_subject) / TOKENIZER_FACTOR
+              * meas.token_ratio)
+    questions = shard_questions(subjects, questions_per_subject)
+    return tokens, (meas.load_seconds + tokens / meas.tokens_per_s
+                    + meas.overhead_s_per_question * questions)
+
+
+def learned_runtime_minutes(meas: Measured, flavor: str | None,
+                            subjects: Iterable[str] | None,
+                            questions_per_subject: int | None) -> int:
+    """LEARNED_MARGIN x the measured time of this shard + RUNTIME_FIXED_MIN, rounded up to 5
+    minutes, at least RUNTIME_MIN_MIN."""
+    _, seconds = learned_seconds(meas, flavor, subjects, questions_per_subject)
+    return _round_runtime(seconds, LEARNED_MARGIN)
+
+
+def learned_mem_mb(meas: Measured) -> int:
+    """LEARNED_MEM_FACTOR x the largest measured peak host memory + LEARNED_MEM_FIXED_MB."""
+    mb = meas.peak_host_mem_mb * LEARNED_MEM_FACTOR + LEARNED_MEM_FIXED_MB
+    return int(math.ceil(mb / 100) * 100)
 
 
 def model_resources(entry: dict[str, Any], flavor: str | None = None,
                     subjects: Iterable[str] | None = None,
-                    questions_per_subject: int | None = None) -> dict[str, Any]:
+                    questions_per_subject: int | None = None, *, attempt: int = 1,
+                    metrics: list[dict[str, Any]] | None = None,
+                    max_runtime_min: int | None = None,
+                    max_mem_mb: int | None = None) -> dict[str, Any]:
     """Snakemake resources of one logits job. `gpu` is present only when > 0 (so a CPU job
-    asks SLURM for no GPU at all); partition/account/constraint only when the entry sets them."""
+    asks SLURM for no GPU at all); partition/account/constraint only when the entry sets them.
+    `metrics` (finished jobs of this model, `read_metrics`) replace the assumed throughput and
+    memory when usable; an entry's `runtime_min`/`mem_mb` win over both. `attempt` > 1 grows
+    runtime and mem_mb (retries)."""
     gpus = gpu_count(entry)
+    subjects = list(subjects) if subjects is not None else None
+    meas = measured(metrics, entry, flavor) if metrics else None
+    if entry.get("mem_mb"):
+        mem = int(entry["mem_mb"])
+    else:
+        mem = learned_mem_mb(meas) if meas else host_mem_mb(entry, gpus)
+    if entry.get("runtime_min"):
+        runtime = int(entry["runtime_min"])
+    elif meas:
+        runtime = learned_runtime_minutes(meas, flavor, subjects, questions_per_subject)
+    else:
+        runtime = runtime_minutes(entry, shard_tokens(flavor, subjects, questions_per_subject),
+                                  gpus, shard_questions(subjects, questions_per_subject))
     res: dict[str, Any] = {
-        "mem_mb": int(entry["mem_mb"]) if entry.get("mem_mb") else host_mem_mb(entry, gpus),
-        "runtime": (int(entry["runtime_min"]) if entry.get("runtime_min") else
-                    runtime_minutes(entry, shard_tokens(flavor, subjects, questions_per_subject),
-                                    gpus, shard_questions(subjects, questions_per_subject))),
+        "mem_mb": grown_mem_mb(mem, attempt, max_mem_mb),
+        "runtime": grown_runtime(runtime, attempt, max_runtime_min),
     }
     if gpus > 0:
         res["gpu"] = gpus

@@ -28,8 +28,10 @@ rule logits:
     resources:
         # derived from the model entry (mmlu_flavors/resources.py); gpu is None (unset: no
         # --gpus at all) for device: cpu or a job with nothing to compute; constraint None = no -C
-        mem_mb=lambda wc: model_resources(wc.model, wc.flavor, wc.shard)["mem_mb"],
-        runtime=lambda wc: model_resources(wc.model, wc.flavor, wc.shard)["runtime"],
+        # mem_mb and runtime grow with each retry (attempt) and follow the metrics of this
+        # model's finished jobs (learned resources, docs/cluster.md)
+        mem_mb=lambda wc, attempt: model_resources(wc.model, wc.flavor, wc.shard, attempt)["mem_mb"],
+        runtime=lambda wc, attempt: model_resources(wc.model, wc.flavor, wc.shard, attempt)["runtime"],
         gpu=lambda wc: model_resources(wc.model, wc.flavor, wc.shard).get("gpu"),
         slurm_partition=lambda wc: model_resources(wc.model, wc.flavor, wc.shard)["slurm_partition"],
         slurm_account=lambda wc: model_resources(wc.model, wc.flavor, wc.shard)["slurm_account"],

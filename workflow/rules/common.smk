@@ -212,22 +212,31 @@ def nothing_to_compute(slug, flavor, shard):
 localrules: questions, prompts
 
 
-def model_resources(slug, flavor=None, shard=None):
+def model_resources(slug, flavor=None, shard=None, attempt=1):
     """Resources of one logits job (model x flavor x shard), derived from the model entry by
     mmlu_flavors.resources (parameters x bytes per parameter of its dtype, headroom, and a
-    runtime from the shard's token count); the entry may override each (docs/cluster.md).
-    Partition and account fall back to the profile's environment variables: a rule-level
-    value replaces default-resources, so the fallback must be applied here."""
+    runtime from the shard's token count), or from the metrics files of this model's finished
+    jobs when there are usable ones (learned resources); `attempt` > 1 (a retry) grows runtime
+    and mem_mb up to max_runtime_min / max_mem_mb. The entry may override each
+    (docs/cluster.md). Partition and account fall back to the profile's environment
+    variables: a rule-level value replaces default-resources, so the fallback must be applied
+    here."""
     from mmlu_flavors import resources as _res
 
     if flavor is not None and nothing_to_compute(slug, flavor, shard):
         # every question is in the store: the job only tokenizes and writes its view
-        return {"mem_mb": 4000, "runtime": 15, "gpu": None, "constraint": None,
+        return {"mem_mb": 4000, "runtime": _res.grown_runtime(15, attempt), "gpu": None,
+                "constraint": None,
                 "slurm_partition": os.environ.get("MMLU_SLURM_PARTITION", ""),
                 "slurm_account": os.environ.get("MMLU_SLURM_ACCOUNT", "")}
+    metrics = (_res.read_metrics(sorted(Path("data/cache", slug).glob("*/*/*.metrics.json")))
+               if config.get("learned_resources", True) else None)
     try:
         res = _res.model_resources(entry(slug), flavor,
-                                   SHARDS[shard] if shard is not None else None, N_PER_SUBJECT)
+                                   SHARDS[shard] if shard is not None else None, N_PER_SUBJECT,
+                                   attempt=attempt, metrics=metrics,
+                                   max_runtime_min=config.get("max_runtime_min"),
+                                   max_mem_mb=config.get("max_mem_mb"))
     except ValueError as e:
         _fail(f"model_registry: {MODELS[slug]}: {e}")
     env = os.environ
