@@ -79,6 +79,14 @@ def cmd_report(a: argparse.Namespace) -> None:
               json.loads(a.hub_ids), seed=a.seed, n_boot=a.samples)
 
 
+def cmd_explorer(a: argparse.Namespace) -> None:
+    from .explorer import build_explorer
+
+    info = build_explorer(a.predictions, a.prompts, a.cache, a.questions, Path(a.out),
+                          Path(a.data_dir), inline_limit=a.inline_limit)
+    log.info("explorer: %s", info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmlu-flavors", description=__doc__)
     p.add_argument("--log", help="also write the log to this file")
@@ -133,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--samples", type=int, default=1000)
     r.set_defaults(fn=cmd_report)
+
+    ex = sub.add_parser("explorer", help="static question explorer page (HTML + per-subject data)")
+    ex.add_argument("--predictions", required=True)
+    ex.add_argument("--questions", required=True, help="questions.parquet")
+    ex.add_argument("--prompts", nargs="+", required=True, help="prompt tables, one per flavor")
+    ex.add_argument("--cache", nargs="+", required=True, help="cache view files")
+    ex.add_argument("--out", required=True, help="the page, e.g. reports/explorer.html")
+    ex.add_argument("--data-dir", required=True, help="folder for the per-subject data scripts")
+    ex.add_argument("--inline-limit", type=int, default=4_000_000,
+                    help="also inline all data into the page when it totals at most this many bytes")
+    ex.set_defaults(fn=cmd_explorer)
     return p
 
 

@@ -1,13 +1,14 @@
 # Scores: every prompt x scorer reduction from the caches, then tables, plots and report.
 # No model is called here.
 
-localrules: predictions, report
+localrules: predictions, report, explorer
 
 REPORT_OUTPUTS = (
     ["reports/predictions.parquet", "reports/scores.csv", "reports/scores.md",
      "reports/blog_comparison.md", "reports/rank_comparison.png", "reports/flips.csv"]
     + [f"reports/matrix_{m}.png" for m in MODELS]
     + [f"reports/subjects_{m}.png" for m in MODELS]
+    + ["reports/explorer.html"]
 )
 
 
@@ -54,3 +55,25 @@ rule report:
         "{PY} report --predictions {input:q} --out-dir reports "
         "--blog-csv={params.blog_csv:q} --hub-ids {params.hub_ids:q} "
         "--seed {params.seed} --samples {params.samples} 2> {log:q}"
+
+
+rule explorer:
+    input:
+        predictions="reports/predictions.parquet",
+        questions="data/questions.parquet",
+        prompts=expand("data/prompts/{f}.parquet", f=FLAVORS),
+        cache=cache_shards(),
+    output:
+        html=report("reports/explorer.html", caption="../report/explorer.rst", category="Explorer"),
+        data=directory("reports/explorer"),
+    conda:
+        ENV
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    log:
+        "logs/explorer.log",
+    shell:
+        "{PY} explorer --predictions {input.predictions:q} --questions {input.questions:q} "
+        "--prompts {input.prompts:q} --cache {input.cache:q} --out {output.html:q} "
+        "--data-dir {output.data:q} 2> {log:q}"
