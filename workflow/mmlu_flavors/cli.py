@@ -79,6 +79,14 @@ def cmd_report(a: argparse.Namespace) -> None:
               json.loads(a.hub_ids), seed=a.seed, n_boot=a.samples)
 
 
+def cmd_attribution(a: argparse.Namespace) -> None:
+    from .report import write_attribution
+
+    variants = json.loads(Path(a.variants).read_text()) if a.variants else None
+    write_attribution(a.predictions, Path(a.out_dir), json.loads(a.pairs),
+                      [f for f in a.order.split(",") if f], a.seed, a.samples, variants)
+
+
 def cmd_explorer(a: argparse.Namespace) -> None:
     from .explorer import build_explorer
 
@@ -141,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--samples", type=int, default=1000)
     r.set_defaults(fn=cmd_report)
+
+    at = sub.add_parser("attribution", help="factor-by-factor walk between implementations")
+    at.add_argument("--predictions", required=True)
+    at.add_argument("--out-dir", required=True)
+    at.add_argument("--pairs", default='[["harness (acc)", "original"], ["harness (acc)", "helm"]]',
+                    help="JSON list of [implementation a, implementation b]")
+    at.add_argument("--order", default="header,template,shots,answer,tokens,scoring,averaging",
+                    help="comma-separated factor order of the walk")
+    at.add_argument("--variants", help="JSON file: prompt variant -> its factor levels")
+    at.add_argument("--seed", type=int, default=0)
+    at.add_argument("--samples", type=int, default=1000)
+    at.set_defaults(fn=cmd_attribution)
 
     ex = sub.add_parser("explorer", help="static question explorer page (HTML + per-subject data)")
     ex.add_argument("--predictions", required=True)

@@ -1,13 +1,14 @@
 # Scores: every prompt x scorer reduction from the caches, then tables, plots and report.
 # No model is called here.
 
-localrules: predictions, report, explorer
+localrules: predictions, report, explorer, attribution
 
 REPORT_OUTPUTS = (
     ["reports/predictions.parquet", "reports/scores.csv", "reports/scores.md",
      "reports/blog_comparison.md", "reports/rank_comparison.png", "reports/flips.csv"]
     + [f"reports/matrix_{m}.png" for m in MODELS]
     + [f"reports/subjects_{m}.png" for m in MODELS]
+    + [f"reports/attribution_{m}.{ext}" for m in MODELS for ext in ("csv", "png")]
     + ["reports/explorer.html"]
 )
 
@@ -77,3 +78,26 @@ rule explorer:
         "{PY} explorer --predictions {input.predictions:q} --questions {input.questions:q} "
         "--prompts {input.prompts:q} --cache {input.cache:q} --out {output.html:q} "
         "--data-dir {output.data:q} 2> {log:q}"
+
+
+rule attribution:
+    input:
+        "reports/predictions.parquet",
+    output:
+        csv=report(expand("reports/attribution_{m}.csv", m=MODELS), caption="../report/attribution.rst", category="Attribution"),
+        png=report(expand("reports/attribution_{m}.png", m=MODELS), caption="../report/attribution.rst", category="Attribution"),
+    params:
+        pairs=json.dumps(config.get("attribution_pairs", [["harness (acc)", "original"], ["harness (acc)", "helm"]])),
+        order=",".join(config.get("attribution_order", ["header", "template", "shots", "answer", "tokens", "scoring", "averaging"])),
+        seed=config.get("bootstrap_seed", 0),
+        samples=config.get("bootstrap_samples", 1000),
+    conda:
+        ENV
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    log:
+        "logs/attribution.log",
+    shell:
+        "{PY} attribution --predictions {input:q} --out-dir reports --pairs {params.pairs:q} "
+        "--order {params.order:q} --seed {params.seed} --samples {params.samples} 2> {log:q}"
