@@ -39,7 +39,7 @@ import numpy as np
 import polars as pl
 
 from .reduce import IMPLEMENTATIONS
-from .stats import OWN_AVERAGING, SubjectBootstrap, bootstrap_subject_means, percentile_ci
+from .stats import SubjectBootstrap, bootstrap_subject_means, own_averaging, percentile_ci
 
 PROMPT_FACTORS: tuple[str, ...] = ("header", "template", "shots", "answer", "tokens")
 FREE_FACTORS: tuple[str, ...] = ("scoring", "averaging")
@@ -71,7 +71,7 @@ def implementation_point(impl: str, variants: Mapping[str, Point] = FLAVOR_FACTO
     prompt, scorer = IMPLEMENTATIONS[impl]
     if prompt not in variants:
         raise ValueError(f"implementation {impl!r}: prompt flavor {prompt!r} has no factor levels")
-    return {**variants[prompt], "scoring": scorer, "averaging": OWN_AVERAGING[impl]}
+    return {**variants[prompt], "scoring": scorer, "averaging": own_averaging()[impl]}
 
 
 def prompt_of(point: Point, variants: Mapping[str, Point]) -> str | None:
