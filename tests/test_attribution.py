@@ -3,7 +3,7 @@ Shapley shares recover each effect; the walk's endpoints are the published score
 
 from __future__ import annotations
 
-from itertools import product
+from itertools import combinations
 
 import numpy as np
 import polars as pl
@@ -12,15 +12,18 @@ from synthetic_cache import cache_row, make_cache, synthetic_cache
 
 from mmlu_flavors import attribution as at
 from mmlu_flavors import cli
+from mmlu_flavors import flavors as fl
 from mmlu_flavors.reduce import predictions
 from mmlu_flavors.stats import compute
 
 A, B = "harness (acc)", "original"          # loglik_acc/macro  vs  letter_argmax/micro
 SUBJECTS = {"anatomy": 40, "astronomy": 20}
 # question groups: how many questions of each subject flip with each factor (proportional to
-# subject size, so the micro and macro effects are equal), and the sign of the effect
+# subject size, so the micro and macro effects are equal), and the sign of the effect; the
+# four prompt factors in which harness_e47e01b and original differ, and the scorer
 GROUPS = {"header": (4, 2, +1), "template": (2, 1, -1), "shots": (6, 3, +1),
-          "answer": (2, 1, +1), "tokens": (4, 2, -1), "scoring": (8, 4, +1)}
+          "tokens": (4, 2, -1), "scoring": (8, 4, +1)}
+DIFFERING = ["header", "template", "shots", "tokens"]
 BASE_RIGHT = {"anatomy": 6, "astronomy": 2}   # of the remaining questions, always right
 
 
@@ -40,30 +43,26 @@ def _design():
     return rows
 
 
-def _variants(prompt_factors: list[str]) -> dict[str, dict[str, str]]:
-    """Every combination of the given prompt factors between harness_e47e01b and original;
-    the endpoints keep the real flavor names."""
-    a, b = at.FLAVOR_FACTORS["harness_e47e01b"], at.FLAVOR_FACTORS["original"]
-    out = {}
-    for bits in product((0, 1), repeat=len(prompt_factors)):
-        chosen = {f for f, x in zip(prompt_factors, bits) if x}
-        levels = {f: (b[f] if f in chosen else a[f]) for f in at.PROMPT_FACTORS}
-        if not any(levels[f] != a[f] for f in at.PROMPT_FACTORS):
-            name = "harness_e47e01b"
-        elif all(levels[f] == b[f] for f in at.PROMPT_FACTORS):
-            name = "original"
-        else:
-            name = "v_" + "".join(map(str, bits))
-        out[name] = levels
-    return out
+def _variants(prompt_factors: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, set]]:
+    """Every combination of the given prompt factors taken from original into
+    harness_e47e01b (real definitions via flavors.with_factors): name -> levels, and
+    name -> the factors at original's level. The endpoints keep the real flavor names."""
+    variants, at_b = {}, {}
+    for r in range(len(prompt_factors) + 1):
+        for sub in combinations(prompt_factors, r):
+            defn = fl.with_factors("harness_e47e01b", "original",
+                                   [f for g in sub for f in at.FACTOR_GROUPS[g]])
+            name = {0: "harness_e47e01b", 4: "original"}.get(len(sub), at.variant_name(defn))
+            variants[name], at_b[name] = at.levels(defn), set(sub)
+    assert variants["original"] == at.levels(fl.get_flavor("original").spec)
+    assert variants["harness_e47e01b"] == at.levels(fl.get_flavor("harness_e47e01b").spec)
+    return variants, at_b
 
 
-def _cache(variants: dict[str, dict[str, str]]) -> pl.DataFrame:
+def _cache(at_b_of: dict[str, set]) -> pl.DataFrame:
     """letter_argmax / loglik_acc right exactly as the design says, for every variant."""
-    b = at.FLAVOR_FACTORS["original"]
     rows = []
-    for name, levels in variants.items():
-        at_b = {f for f in at.PROMPT_FACTORS if levels[f] == b[f]}
+    for name, at_b in at_b_of.items():
         for s, i, gold, g, base in _design():
             verdict = {}
             for scorer, scoring_at_b in (("letter_argmax", True), ("loglik_acc", False)):
@@ -98,12 +97,13 @@ def _averaging_effect() -> float:
 
 
 def test_walk_and_shapley_recover_each_known_effect():
-    variants = _variants(list(at.PROMPT_FACTORS))
-    assert len(variants) == 32
-    pred = predictions(_cache(variants))
+    variants, at_b = _variants(DIFFERING)
+    assert len(variants) == 16
+    pred = predictions(_cache(at_b))
     t = at.attribute(pred, "m", A, B, variants, n_boot=200, seed=1)
     steps = t.filter(pl.col("kind") == "step").sort("step")
-    assert steps.get_column("factor").to_list() == ["start", *at.FACTORS]
+    walked = [f for f in at.FACTORS if f != "answer_delimiter"]  # the same in both
+    assert steps.get_column("factor").to_list() == ["start", *walked]
     assert steps.get_column("prompt").to_list()[0] == "harness_e47e01b"
     assert steps.get_column("prompt").to_list()[-1] == "original"
     got = dict(zip(steps.get_column("factor").to_list()[1:],
@@ -127,30 +127,54 @@ def test_walk_and_shapley_recover_each_known_effect():
     order = list(reversed(at.FACTORS))
     t2 = at.attribute(pred, "m", A, B, variants, order=order, n_boot=50, seed=1)
     s2 = t2.filter(pl.col("kind") == "step").sort("step")
-    assert s2.get_column("factor").to_list()[1:] == order
-    assert dict(zip(order, s2.get_column("contribution").to_list()[1:]))["shots"] == \
+    assert s2.get_column("factor").to_list()[1:] == list(reversed(walked))
+    assert dict(zip(reversed(walked), s2.get_column("contribution").to_list()[1:]))["shots"] == \
         pytest.approx(_effect("shots"), abs=1e-12)
 
 
 def test_missing_prompt_variants_group_the_prompt_factors():
-    variants = _variants(["header", "shots"])  # only 4 combinations of two factors were run
-    variants = {k: v for k, v in variants.items() if k != "v_10"}  # and one of them is missing
-    pred = predictions(_cache({**variants, "original": at.FLAVOR_FACTORS["original"]}))
-    t = at.attribute(pred, "m", A, B, variants | {"original": at.FLAVOR_FACTORS["original"]},
-                     n_boot=50, seed=0)
+    variants, at_b = _variants(DIFFERING)
+    # only the endpoints and two partial variants were run: header alone, and header+shots
+    keep = {"harness_e47e01b", "original"} | {n for n, b in at_b.items()
+                                              if b in ({"header"}, {"header", "shots"})}
+    variants = {n: v for n, v in variants.items() if n in keep}
+    pred = predictions(_cache({n: at_b[n] for n in keep}))
+    t = at.attribute(pred, "m", A, B, variants, n_boot=50, seed=0)
     steps = t.filter(pl.col("kind") == "step").sort("step")
-    # header alone has no variant (v_10 is missing) and no other partial change of the five
-    # prompt factors in walk order has one either, so they change in one step
-    factors = steps.get_column("factor").to_list()
-    assert factors[0] == "start" and factors[-2:] == ["scoring", "averaging"]
-    prompt_steps = factors[1:-2]
-    assert "+".join(prompt_steps).split("+") == list(at.PROMPT_FACTORS)
+    # header alone exists; header+template does not, nor +shots after it: the remaining
+    # prompt factors change in one step
+    assert steps.get_column("factor").to_list() == [
+        "start", "header", "template+shots+tokens", "scoring", "averaging"]
+    contrib = steps.get_column("contribution").to_list()
+    assert contrib[1] == pytest.approx(_effect("header"), abs=1e-12)
+    assert contrib[2] == pytest.approx(sum(_effect(g) for g in ("template", "shots", "tokens")),
+                                       abs=1e-12)
     sh = t.filter(pl.col("kind") == "shapley")
     assert not sh.get_column("per_factor").any()
-    assert sh.get_column("factor").to_list() == ["+".join(at.PROMPT_FACTORS), "scoring",
-                                                 "averaging"]
-    prompt_total = sum(_effect(g) for g in at.PROMPT_FACTORS)
+    assert sh.get_column("factor").to_list() == ["+".join(DIFFERING), "scoring", "averaging"]
+    prompt_total = sum(_effect(g) for g in DIFFERING)
     assert sh.get_column("contribution")[0] == pytest.approx(prompt_total, abs=1e-12)
+
+
+def test_variant_definitions_are_the_walks_intermediate_flavors():
+    walk = at.variant_definitions([(A, B)], mode="walk")
+    assert len(walk) == len(DIFFERING) - 1
+    got = [at.levels(d) for d in walk.values()]
+    a, b = (at.levels(fl.get_flavor(f).spec) for f in ("harness_e47e01b", "original"))
+    for k, lv in enumerate(got, start=1):
+        assert {g for g in at.PROMPT_FACTORS if lv[g] == b[g] != a[g]} == set(DIFFERING[:k])
+    # each is a valid flavor: it renders prompts (original's header, harness's template ...)
+    name, defn = next(iter(walk.items()))
+    flav = fl.Flavor(name, defn)
+    assert flav.header("anatomy").startswith("The following are multiple choice questions")
+    assert flav.spec["example"] == fl.get_flavor("harness_e47e01b").spec["example"]
+    exact = at.variant_definitions([(A, B)], mode="shapley")
+    assert len(exact) == 2 ** len(DIFFERING) - 2
+    assert at.variant_definitions([(A, B)], mode="none") == {}
+    both = at.variant_definitions(at.DEFAULT_PAIRS)
+    assert len(both) == 6 and all(n.startswith("attr_") for n in both)
+    with pytest.raises(ValueError, match="unknown implementation 'hlem'"):
+        at.variant_definitions([(A, "hlem")])
 
 
 def test_endpoints_are_the_published_scores():

@@ -105,9 +105,9 @@ def cmd_report(a: argparse.Namespace) -> None:
 def cmd_attribution(a: argparse.Namespace) -> None:
     from .report import write_attribution
 
-    variants = json.loads(Path(a.variants).read_text()) if a.variants else None
+    _register_flavors(a)
     write_attribution(a.predictions, Path(a.out_dir), json.loads(a.pairs),
-                      [f for f in a.order.split(",") if f], a.seed, a.samples, variants)
+                      [f for f in a.order.split(",") if f], a.seed, a.samples)
 
 
 def cmd_explorer(a: argparse.Namespace) -> None:
@@ -181,14 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     flavor_args(r)
     r.set_defaults(fn=cmd_report)
 
+    from .attribution import DEFAULT_PAIRS, FACTORS
+
     at = sub.add_parser("attribution", help="factor-by-factor walk between implementations")
-    at.add_argument("--predictions", required=True)
+    at.add_argument("--predictions", nargs="+", required=True,
+                    help="predictions of the run and of the attribution's prompt variants")
     at.add_argument("--out-dir", required=True)
-    at.add_argument("--pairs", default='[["harness (acc)", "original"], ["harness (acc)", "helm"]]',
+    at.add_argument("--pairs", default=json.dumps(DEFAULT_PAIRS),
                     help="JSON list of [implementation a, implementation b]")
-    at.add_argument("--order", default="header,template,shots,answer,tokens,scoring,averaging",
+    at.add_argument("--order", default=",".join(FACTORS),
                     help="comma-separated factor order of the walk")
-    at.add_argument("--variants", help="JSON file: prompt variant -> its factor levels")
+    at.add_argument("--flavor-defs", default="{}", help="JSON: custom and variant flavors")
     at.add_argument("--seed", type=int, default=0)
     at.add_argument("--samples", type=int, default=1000)
     at.set_defaults(fn=cmd_attribution)

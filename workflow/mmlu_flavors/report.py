@@ -420,8 +420,8 @@ def plot_attribution(table: pl.DataFrame, model: str, path: Path) -> None:
             ax.text(k + 0.05, max(scores[k - 1], scores[k]) + 0.004, f"{d:+.3f}", ha="left",
                     va="bottom", fontsize=8)
             ax.plot([k - 1.4, k + 0.4], [scores[k - 1]] * 2, color="gray", lw=0.6, ls=":")
-            labels.append(r["factor"].replace("+", "+\n") + f"\n→ {r['to_level'][:22]}"
-                          if "+" not in r["factor"] else r["factor"].replace("+", "+\n"))
+            free = r["factor"] in ("scoring", "averaging")
+            labels.append(r["factor"].replace("+", "+\n") + (f"\n→ {r['to_level']}" if free else ""))
         ax.bar(len(steps), scores[-1] - lo_y, bottom=lo_y, color="#1f77b4")
         ax.text(len(steps), scores[-1], f"{scores[-1]:.3f}", ha="center", va="bottom", fontsize=8)
         labels.append(f"{b}\n({steps[-1]['averaging']})")
@@ -452,17 +452,16 @@ def plot_attribution(table: pl.DataFrame, model: str, path: Path) -> None:
     _save(fig, path)
 
 
-def write_attribution(predictions_path: Path | str, out_dir: Path | str,
+def write_attribution(predictions_paths: Sequence[Path | str], out_dir: Path | str,
                       pairs: Sequence[Sequence[str]], order: Sequence[str], seed: int,
-                      n_boot: int, variants: Mapping[str, Mapping[str, str]] | None = None
-                      ) -> dict[str, Path]:
-    """attribution_<model>.csv and .png for every model of predictions.parquet."""
+                      n_boot: int) -> dict[str, Path]:
+    """attribution_<model>.csv and .png for every model: the run's predictions plus those of
+    the attribution's prompt variants (their flavors registered)."""
     from mmlu_flavors import attribution as at
 
     out = Path(out_dir)
-    pred = pl.read_parquet(predictions_path)
-    table = at.attribution_table(pred, pairs, variants or at.FLAVOR_FACTORS, order,
-                                 n_boot=n_boot, seed=seed)
+    pred = pl.concat([pl.read_parquet(p) for p in predictions_paths], how="vertical_relaxed")
+    table = at.attribution_table(pred, pairs, None, order, n_boot=n_boot, seed=seed)
     written: dict[str, Path] = {}
     for m in sorted(pred.get_column("model").unique().to_list()):
         base = f"attribution_{model_slug(m)}"

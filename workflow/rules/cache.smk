@@ -15,7 +15,7 @@ rule logits:
         model_dir=lambda wc: model_dir(wc.model) or "",
         flavor_defs=lambda wc: flavor_defs([wc.flavor]),
     wildcard_constraints:
-        flavor="|".join(FLAVORS),
+        flavor="|".join(ALL_FLAVORS),
         selection=r"all|first\d+",
         shard=r"part\d+",
     threads: config.get("threads_per_model_job", 2)

@@ -1,7 +1,7 @@
 # Scores: every prompt x scorer reduction from the caches, then tables, plots and report.
 # No model is called here.
 
-localrules: predictions, report, explorer, attribution
+localrules: predictions, report, explorer, attribution, attribution_predictions
 
 REPORT_OUTPUTS = (
     ["reports/predictions.parquet", "reports/scores.csv", "reports/scores.md",
@@ -85,17 +85,40 @@ rule explorer:
         "--data-dir {output.data:q} 2> {log:q}"
 
 
+if VARIANTS:
+
+    rule attribution_predictions:
+        input:
+            cache_shards(list(VARIANTS)),
+        output:
+            "reports/attribution_variants.parquet",
+        params:
+            flavor_defs=lambda wc: flavor_defs(list(VARIANTS)),
+        conda:
+            ENV
+        resources:
+            mem_mb=8000,
+            runtime=30,
+        log:
+            "logs/attribution_predictions.log",
+        shell:
+            "{PY} predictions --flavor-defs {params.flavor_defs:q} --out {output:q} {input:q} "
+            "2> {log:q}"
+
+
 rule attribution:
     input:
-        "reports/predictions.parquet",
+        ["reports/predictions.parquet"]
+        + (["reports/attribution_variants.parquet"] if VARIANTS else []),
     output:
         csv=report(expand("reports/attribution_{m}.csv", m=MODELS), caption="../report/attribution.rst", category="Attribution"),
         png=report(expand("reports/attribution_{m}.png", m=MODELS), caption="../report/attribution.rst", category="Attribution"),
     params:
-        pairs=json.dumps(config.get("attribution_pairs", [["harness (acc)", "original"], ["harness (acc)", "helm"]])),
-        order=",".join(config.get("attribution_order", ["header", "template", "shots", "answer", "tokens", "scoring", "averaging"])),
+        pairs=json.dumps(ATTR_PAIRS),
+        order=",".join(ATTR_ORDER),
         seed=config.get("bootstrap_seed", 0),
         samples=config.get("bootstrap_samples", 1000),
+        flavor_defs=lambda wc: flavor_defs(ALL_FLAVORS),
     conda:
         ENV
     resources:
@@ -105,4 +128,5 @@ rule attribution:
         "logs/attribution.log",
     shell:
         "{PY} attribution --predictions {input:q} --out-dir reports --pairs {params.pairs:q} "
-        "--order {params.order:q} --seed {params.seed} --samples {params.samples} 2> {log:q}"
+        "--order {params.order:q} --seed {params.seed} --samples {params.samples} "
+        "--flavor-defs {params.flavor_defs:q} 2> {log:q}"
