@@ -100,7 +100,7 @@ def test_walk_and_shapley_recover_each_known_effect():
     variants, at_b = _variants(DIFFERING)
     assert len(variants) == 16
     pred = predictions(_cache(at_b))
-    t = at.attribute(pred, "m", A, B, variants, n_boot=200, seed=1)
+    t = at.attribute(pred, "m", A, B, variants, order=at.FACTORS, n_boot=200, seed=1)
     steps = t.filter(pl.col("kind") == "step").sort("step")
     walked = [f for f in at.FACTORS if f != "answer_delimiter"]  # the same in both
     assert steps.get_column("factor").to_list() == ["start", *walked]
@@ -139,7 +139,7 @@ def test_missing_prompt_variants_group_the_prompt_factors():
                                               if b in ({"header"}, {"header", "shots"})}
     variants = {n: v for n, v in variants.items() if n in keep}
     pred = predictions(_cache({n: at_b[n] for n in keep}))
-    t = at.attribute(pred, "m", A, B, variants, n_boot=50, seed=0)
+    t = at.attribute(pred, "m", A, B, variants, order=at.FACTORS, n_boot=50, seed=0)
     steps = t.filter(pl.col("kind") == "step").sort("step")
     # header alone exists; header+template does not, nor +shots after it: the remaining
     # prompt factors change in one step
@@ -157,7 +157,7 @@ def test_missing_prompt_variants_group_the_prompt_factors():
 
 
 def test_variant_definitions_are_the_walks_intermediate_flavors():
-    walk = at.variant_definitions([(A, B)], mode="walk")
+    walk = at.variant_definitions([(A, B)], order=at.FACTORS, mode="walk")
     assert len(walk) == len(DIFFERING) - 1
     got = [at.levels(d) for d in walk.values()]
     a, b = (at.levels(fl.get_flavor(f).spec) for f in ("harness_e47e01b", "original"))
@@ -171,8 +171,10 @@ def test_variant_definitions_are_the_walks_intermediate_flavors():
     exact = at.variant_definitions([(A, B)], mode="shapley")
     assert len(exact) == 2 ** len(DIFFERING) - 2
     assert at.variant_definitions([(A, B)], mode="none") == {}
-    both = at.variant_definitions(at.DEFAULT_PAIRS)
+    both = at.variant_definitions(at.DEFAULT_PAIRS)  # default order: shots first
     assert len(both) == 6 and all(n.startswith("attr_") for n in both)
+    shots = {f: fl.get_flavor(f).spec["shots"] for f in ("original", "helm")}
+    assert all(d["shots"] in shots.values() for d in both.values())
     with pytest.raises(ValueError, match="unknown implementation 'hlem'"):
         at.variant_definitions([(A, "hlem")])
 

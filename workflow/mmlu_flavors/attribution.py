@@ -64,6 +64,11 @@ FACTOR_GROUPS: dict[str, tuple[str, ...]] = {**_GROUPS, "scoring": ("scoring",),
 PROMPT_FACTORS: tuple[str, ...] = tuple(_GROUPS)
 FREE_FACTORS: tuple[str, ...] = ("scoring", "averaging")
 FACTORS: tuple[str, ...] = PROMPT_FACTORS + FREE_FACTORS
+# the default walk changes the shots first: every later intermediate prompt then has one fixed
+# set of shots per subject, which the engine runs once per subject (a variant with
+# harness e47e01b's per-question shots costs about 4x the tokens; bench/attribution_cost.py)
+DEFAULT_ORDER: tuple[str, ...] = ("shots", "header", "template", "answer_delimiter", "tokens",
+                                  "scoring", "averaging")
 VARIANT_MODES: tuple[str, ...] = ("walk", "shapley", "none")
 MAX_EXACT_VARIANTS = 16
 
@@ -223,7 +228,7 @@ STEP_SCHEMA = {
 
 
 def attribute(correct: pl.DataFrame, model: str, a_impl: str, b_impl: str,
-              variants: Mapping[str, Point], order: Sequence[str] = FACTORS,
+              variants: Mapping[str, Point], order: Sequence[str] = DEFAULT_ORDER,
               n_boot: int = 1000, seed: int = 0, level: float = 0.95,
               scores: Scores | None = None) -> pl.DataFrame:
     """Walk (kind "step") and Shapley shares (kind "shapley") for one model and pair.
@@ -281,7 +286,7 @@ def attribute(correct: pl.DataFrame, model: str, a_impl: str, b_impl: str,
 
 def attribution_table(pred: pl.DataFrame, pairs: Sequence[Sequence[str]] = DEFAULT_PAIRS,
                       variants: Mapping[str, Point] | None = None,
-                      order: Sequence[str] = FACTORS, n_boot: int = 1000, seed: int = 0,
+                      order: Sequence[str] = DEFAULT_ORDER, n_boot: int = 1000, seed: int = 0,
                       level: float = 0.95) -> pl.DataFrame:
     """`attribute` for every model of a predictions table and every pair; `variants` default:
     the levels of the (registered) flavors in the table's `prompt` column."""
@@ -305,7 +310,7 @@ def variant_name(defn: Mapping[str, Any]) -> str:
     return f"attr_{digest[:10]}"
 
 
-def variant_definitions(pairs: Sequence[Sequence[str]], order: Sequence[str] = FACTORS,
+def variant_definitions(pairs: Sequence[Sequence[str]], order: Sequence[str] = DEFAULT_ORDER,
                         mode: str = "walk", known: Sequence[str] | None = None
                         ) -> dict[str, dict[str, Any]]:
     """Flavor definitions of the prompt variants the attribution of `pairs` needs.

@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     flavor_args(r)
     r.set_defaults(fn=cmd_report)
 
-    from .attribution import DEFAULT_PAIRS, FACTORS
+    from .attribution import DEFAULT_ORDER, DEFAULT_PAIRS
 
     at = sub.add_parser("attribution", help="factor-by-factor walk between implementations")
     at.add_argument("--predictions", nargs="+", required=True,
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--out-dir", required=True)
     at.add_argument("--pairs", default=json.dumps(DEFAULT_PAIRS),
                     help="JSON list of [implementation a, implementation b]")
-    at.add_argument("--order", default=",".join(FACTORS),
+    at.add_argument("--order", default=",".join(DEFAULT_ORDER),
                     help="comma-separated factor order of the walk")
     at.add_argument("--flavor-defs", default="{}", help="JSON: custom and variant flavors")
     at.add_argument("--seed", type=int, default=0)

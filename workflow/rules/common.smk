@@ -39,7 +39,7 @@ for _f in FLAVORS:
 from mmlu_flavors import attribution as _attr
 
 ATTR_PAIRS = [list(p) for p in config.get("attribution_pairs", _attr.DEFAULT_PAIRS)]
-ATTR_ORDER = list(config.get("attribution_order", _attr.FACTORS))
+ATTR_ORDER = list(config.get("attribution_order", _attr.DEFAULT_ORDER))
 try:
     VARIANTS = _attr.variant_definitions(ATTR_PAIRS, ATTR_ORDER,
                                          config.get("attribution_variants", "walk"), FLAVORS)
