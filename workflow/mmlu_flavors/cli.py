@@ -113,6 +113,7 @@ def cmd_attribution(a: argparse.Namespace) -> None:
 def cmd_explorer(a: argparse.Namespace) -> None:
     from .explorer import build_explorer
 
+    _register_flavors(a)
     info = build_explorer(a.predictions, a.prompts, a.cache, a.questions, Path(a.out),
                           Path(a.data_dir), inline_limit=a.inline_limit)
     log.info("explorer: %s", info)
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--cache", nargs="+", required=True, help="cache view files")
     ex.add_argument("--out", required=True, help="the page, e.g. reports/explorer.html")
     ex.add_argument("--data-dir", required=True, help="folder for the per-subject data scripts")
+    ex.add_argument("--flavor-defs", default="{}", help="JSON: custom flavor definitions")
     ex.add_argument("--inline-limit", type=int, default=4_000_000,
                     help="also inline all data into the page when it totals at most this many bytes")
     ex.set_defaults(fn=cmd_explorer)

@@ -35,7 +35,8 @@ import polars as pl
 from .categories import category_of
 from .data import LETTERS
 from .io import atomic_write_text
-from .reduce import FLAVORS, IMPLEMENTATIONS, SCORERS
+from .flavors import implementations
+from .reduce import FLAVORS, SCORERS
 
 CACHE_COLUMNS: tuple[str, ...] = (
     "model", "flavor", "subject", "index", "letter_logprobs", "greedy_text", "greedy_logprob",
@@ -137,7 +138,8 @@ def read_prompt_tables(paths: Sequence[Path | str]) -> pl.DataFrame:
 def build_index(pred: pl.DataFrame) -> dict[str, Any]:
     """Models, flavors, cells, subjects and every verdict as '0'/'1' strings (page index)."""
     models = sorted(pred.get_column("model").unique().to_list())
-    flavors = _ordered(set(pred.get_column("prompt").unique().to_list()), FLAVORS)
+    flavors = _ordered(set(pred.get_column("prompt").unique().to_list()),
+                       list(dict.fromkeys([*FLAVORS, *(i.flavor for i in implementations().values())])))
     scorers = _ordered(set(pred.get_column("scorer").unique().to_list()), SCORERS)
     present = set(pred.select("prompt", "scorer").unique().iter_rows())
     cells = [(f, s) for f in flavors for s in scorers if (f, s) in present]
@@ -156,7 +158,8 @@ def build_index(pred: pl.DataFrame) -> dict[str, Any]:
     correct = {m: {} for m in models}
     for m, f, s, bits in verdict.iter_rows():
         correct[m][f"{f}|{s}"] = bits
-    impls = {name: list(cell) for name, cell in IMPLEMENTATIONS.items() if cell in present}
+    impls = {name: [i.flavor, i.scorer] for name, i in implementations().items()
+             if (i.flavor, i.scorer) in present}
     return {
         "models": models, "flavors": flavors, "scorers": scorers,
         "cells": [f"{f}|{s}" for f, s in cells], "implementations": impls,

@@ -72,6 +72,8 @@ rule explorer:
     output:
         html=report("reports/explorer.html", caption="../report/explorer.rst", category="Explorer"),
         data=directory("reports/explorer"),
+    params:
+        flavor_defs=lambda wc: flavor_defs(),
     conda:
         ENV
     resources:
@@ -82,7 +84,7 @@ rule explorer:
     shell:
         "{PY} explorer --predictions {input.predictions:q} --questions {input.questions:q} "
         "--prompts {input.prompts:q} --cache {input.cache:q} --out {output.html:q} "
-        "--data-dir {output.data:q} 2> {log:q}"
+        "--data-dir {output.data:q} --flavor-defs {params.flavor_defs:q} 2> {log:q}"
 
 
 if VARIANTS:
