@@ -5,6 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Chromium from Debian for the explorer's browser test (tests/test_explorer.py skips without it):
+# installed only when missing, only as root, only where apt-get exists; never downloaded by
+# Playwright. Set MMLU_FLAVORS_NO_CHROMIUM=1 to skip.
+if [ -z "${MMLU_FLAVORS_NO_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
+   && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing chromium (Debian package) for the explorer's browser test"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+    || echo "warning: could not install chromium; the explorer's browser test will be skipped" >&2
+fi
+
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 stamp="$VENV/.mmlu-flavors-setup"

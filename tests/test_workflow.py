@@ -33,7 +33,8 @@ def test_all_outputs_and_predictions(finished_run) -> None:
     rep = finished_run / "reports"
     for name in ["predictions.parquet", "scores.csv", "scores.md", "blog_comparison.md",
                  "rank_comparison.png", "flips.csv", "matrix_tiny-llama.png",
-                 "subjects_tiny-llama.png"]:
+                 "subjects_tiny-llama.png", "attribution_tiny-llama.csv",
+                 "attribution_tiny-llama.png", "explorer.html"]:
         assert (rep / name).stat().st_size > 0, name
     pred = pl.read_parquet(rep / "predictions.parquet")
     assert pred.columns == ["model", "prompt", "scorer", "subject", "index", "pred", "gold", "correct"]
@@ -43,6 +44,9 @@ def test_all_outputs_and_predictions(finished_run) -> None:
     for flavor in ["original", "helm", "harness_e47e01b", "harness_current"]:
         assert (finished_run / f"data/cache/tiny-llama/{flavor}/first2/part00.parquet").exists()
     assert (finished_run / "logs/logits/tiny-llama/helm/first2/part00.log").stat().st_size > 0
+    assert sorted(p.name for p in (rep / "explorer").glob("*.js")) == [f"{s}.js" for s in SUBJECTS]
+    attribution = pl.read_csv(rep / "attribution_tiny-llama.csv")
+    assert set(attribution.get_column("implementation_b")) == {"original", "helm"}
     info = (finished_run / "data/questions.json").read_text()
     assert '"source": "local"' in info and "checksum_sha256" in info
 

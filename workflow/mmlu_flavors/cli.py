@@ -193,6 +193,23 @@ def cmd_report(a: argparse.Namespace) -> None:
               json.loads(a.hub_ids), seed=a.seed, n_boot=a.samples)
 
 
+def cmd_attribution(a: argparse.Namespace) -> None:
+    from .report import write_attribution
+
+    _register_flavors(a)
+    write_attribution(a.predictions, Path(a.out_dir), json.loads(a.pairs),
+                      [f for f in a.order.split(",") if f], a.seed, a.samples)
+
+
+def cmd_explorer(a: argparse.Namespace) -> None:
+    from .explorer import build_explorer
+
+    _register_flavors(a)
+    info = build_explorer(a.predictions, a.prompts, a.cache, a.questions, Path(a.out),
+                          Path(a.data_dir), inline_limit=a.inline_limit)
+    log.info("explorer: %s", info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmlu-flavors", description=__doc__)
     p.add_argument("--log", help="also write the log to this file")
@@ -283,6 +300,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--samples", type=int, default=1000)
     flavor_args(r)
     r.set_defaults(fn=cmd_report)
+
+    from .attribution import DEFAULT_ORDER, DEFAULT_PAIRS
+
+    at = sub.add_parser("attribution", help="factor-by-factor walk between implementations")
+    at.add_argument("--predictions", nargs="+", required=True,
+                    help="predictions of the run and of the attribution's prompt variants")
+    at.add_argument("--out-dir", required=True)
+    at.add_argument("--pairs", default=json.dumps(DEFAULT_PAIRS),
+                    help="JSON list of [implementation a, implementation b]")
+    at.add_argument("--order", default=",".join(DEFAULT_ORDER),
+                    help="comma-separated factor order of the walk")
+    at.add_argument("--flavor-defs", default="{}", help="JSON: custom and variant flavors")
+    at.add_argument("--seed", type=int, default=0)
+    at.add_argument("--samples", type=int, default=1000)
+    at.set_defaults(fn=cmd_attribution)
+
+    ex = sub.add_parser("explorer", help="static question explorer page (HTML + per-subject data)")
+    ex.add_argument("--predictions", required=True)
+    ex.add_argument("--questions", required=True, help="questions.parquet")
+    ex.add_argument("--prompts", nargs="+", required=True, help="prompt tables, one per flavor")
+    ex.add_argument("--cache", nargs="+", required=True, help="cache view files")
+    ex.add_argument("--out", required=True, help="the page, e.g. reports/explorer.html")
+    ex.add_argument("--data-dir", required=True, help="folder for the per-subject data scripts")
+    ex.add_argument("--flavor-defs", default="{}", help="JSON: custom flavor definitions")
+    ex.add_argument("--inline-limit", type=int, default=4_000_000,
+                    help="also inline all data into the page when it totals at most this many bytes")
+    ex.set_defaults(fn=cmd_explorer)
     return p
 
 

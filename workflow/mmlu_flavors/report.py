@@ -410,3 +410,81 @@ def write_all(predictions_path: Path | str, out_dir: Path | str, blog_csv: Path 
             fn(s, m, out / name)
             written[name] = out / name
     return written
+
+
+# ---------------------------------------------------------------- attribution
+
+def plot_attribution(table: pl.DataFrame, model: str, path: Path) -> None:
+    """Per pair: a waterfall of the walk (one factor per step, paired 95% CI of each change)
+    beside the Shapley share of each factor (order-independent)."""
+    t = table.filter(pl.col("model") == model)
+    pairs = t.select("implementation_a", "implementation_b").unique(maintain_order=True).rows()
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(13, 3.6 * len(pairs) + 0.6), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.6, 1]})
+    for (a, b), (ax, axs) in zip(pairs, axes):
+        tp = t.filter((pl.col("implementation_a") == a) & (pl.col("implementation_b") == b))
+        steps = tp.filter(pl.col("kind") == "step").sort("step").to_dicts()
+        scores = [r["score"] for r in steps]
+        lo_y = max(0.0, min(scores) - 0.08)
+        hi_y = min(1.0, max(r["score_hi"] for r in steps) + 0.05)
+        x = np.arange(len(steps) + 1)
+        labels = [f"{a}\n({steps[0]['averaging']})"]
+        ax.bar(0, scores[0] - lo_y, bottom=lo_y, color="#8c8c8c")
+        ax.text(0, scores[0], f"{scores[0]:.3f}", ha="center", va="bottom", fontsize=8)
+        for k, r in enumerate(steps[1:], start=1):
+            d = r["contribution"]
+            ax.bar(k, d, bottom=scores[k - 1], color="#2ca02c" if d >= 0 else "#d62728")
+            ax.errorbar(k, scores[k], yerr=[[d - r["contribution_lo"]], [r["contribution_hi"] - d]],
+                        color="black", capsize=3, lw=1)
+            ax.text(k + 0.05, max(scores[k - 1], scores[k]) + 0.004, f"{d:+.3f}", ha="left",
+                    va="bottom", fontsize=8)
+            ax.plot([k - 1.4, k + 0.4], [scores[k - 1]] * 2, color="gray", lw=0.6, ls=":")
+            free = r["factor"] in ("scoring", "averaging")
+            labels.append(r["factor"].replace("+", "+\n") + (f"\n→ {r['to_level']}" if free else ""))
+        ax.bar(len(steps), scores[-1] - lo_y, bottom=lo_y, color="#1f77b4")
+        ax.text(len(steps), scores[-1], f"{scores[-1]:.3f}", ha="center", va="bottom", fontsize=8)
+        labels.append(f"{b}\n({steps[-1]['averaging']})")
+        ax.set_xticks(x, labels, fontsize=7.5)
+        ax.set_ylim(lo_y, hi_y)
+        ax.set_ylabel("score")
+        ax.set_title(f"{a} → {b}: one factor at a time (order shown; bars: change, "
+                     "whiskers: paired 95% CI)", fontsize=9)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        sh = tp.filter(pl.col("kind") == "shapley").to_dicts()
+        y = np.arange(len(sh))
+        vals = np.array([r["contribution"] for r in sh])
+        axs.barh(y, vals, color=["#2ca02c" if v >= 0 else "#d62728" for v in vals])
+        axs.errorbar(vals, y, xerr=[vals - np.array([r["contribution_lo"] for r in sh]),
+                                    np.array([r["contribution_hi"] for r in sh]) - vals],
+                     fmt="none", color="black", capsize=3, lw=1)
+        axs.set_yticks(y, [r["factor"].replace("+", "+\n") for r in sh], fontsize=7.5)
+        axs.invert_yaxis()
+        axs.axvline(0, color="black", lw=0.8)
+        grouped = sh and not sh[0]["per_factor"]
+        axs.set_title("Shapley share (order-independent)" + (
+            "\nprompt factors grouped: no separate prompt variants" if grouped else ""), fontsize=9)
+        axs.set_xlabel(f"change in score ({a} → {b})")
+    nq = int(t.get_column("n_questions").max())
+    fig.suptitle(f"{model}: why implementations disagree ({nq:,} questions)", fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def write_attribution(predictions_paths: Sequence[Path | str], out_dir: Path | str,
+                      pairs: Sequence[Sequence[str]], order: Sequence[str], seed: int,
+                      n_boot: int) -> dict[str, Path]:
+    """attribution_<model>.csv and .png for every model: the run's predictions plus those of
+    the attribution's prompt variants (their flavors registered)."""
+    from mmlu_flavors import attribution as at
+
+    out = Path(out_dir)
+    pred = pl.concat([pl.read_parquet(p) for p in predictions_paths], how="vertical_relaxed")
+    table = at.attribution_table(pred, pairs, None, order, n_boot=n_boot, seed=seed)
+    written: dict[str, Path] = {}
+    for m in sorted(pred.get_column("model").unique().to_list()):
+        base = f"attribution_{model_slug(m)}"
+        atomic_write_text(out / f"{base}.csv", table.filter(pl.col("model") == m).write_csv())
+        plot_attribution(table, m, out / f"{base}.png")
+        written[f"{base}.csv"], written[f"{base}.png"] = out / f"{base}.csv", out / f"{base}.png"
+    return written

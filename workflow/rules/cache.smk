@@ -21,7 +21,7 @@ rule logits:
         store=CACHE_STORE,
         flavor_defs=lambda wc: flavor_defs([wc.flavor]),
     wildcard_constraints:
-        flavor="|".join(FLAVORS),
+        flavor="|".join(ALL_FLAVORS),
         selection=r"all|first\d+",
         shard=r"part\d+",
     threads: config.get("threads_per_model_job", 2)

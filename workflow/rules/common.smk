@@ -37,12 +37,30 @@ for _f in FLAVORS:
         _fail(f"flavors: {_f!r} is neither a built-in flavor nor in custom_flavors "
               f"(known: {', '.join(_flavors.FLAVORS)})")
 
+# attribution (issue 13): the prompt variants its walks need are flavors of their own
+# (rendered, run and reduced like any other, into reports/attribution_variants.parquet)
+from mmlu_flavors import attribution as _attr
+
+ATTR_PAIRS = [list(p) for p in config.get("attribution_pairs", _attr.DEFAULT_PAIRS)]
+ATTR_ORDER = list(config.get("attribution_order", _attr.DEFAULT_ORDER))
+try:
+    VARIANTS = _attr.variant_definitions(ATTR_PAIRS, ATTR_ORDER,
+                                         config.get("attribution_variants", "walk"), FLAVORS)
+    for _name, _defn in VARIANTS.items():
+        _flavors.register(_name, _defn)
+except ValueError as _e:
+    _fail(f"attribution: {_e}")
+_CUSTOM = list(_CUSTOM) + list(VARIANTS)
+ALL_FLAVORS = FLAVORS + list(VARIANTS)
+
 
 def flavor_defs(names=None):
     """Resolved custom flavor definitions as JSON for the CLI's --flavor-defs (built-ins are
     read from the package). Only the named flavors, so a change to one custom flavor reruns
     only its own jobs."""
-    return _flavors.definitions_json([f for f in (names or FLAVORS) if f in _CUSTOM])
+    chosen = [f for f in (names or FLAVORS) if f in _CUSTOM]
+    # (definitions_json treats an empty list as "all registered": none chosen is "{}")
+    return _flavors.definitions_json(chosen) if chosen else "{}"
 
 
 REGISTRY = config["model_registry"]
@@ -108,9 +126,9 @@ def model_dir(slug):
     return f"data/models/{slug}" if entry(slug)["source"] == "gguf" else None
 
 
-def cache_shards():
+def cache_shards(flavors=None):
     return [f"data/cache/{m}/{f}/{SELECTION}/{s}.parquet"
-            for m in MODELS for f in FLAVORS for s in SHARDS]
+            for m in MODELS for f in (FLAVORS if flavors is None else flavors) for s in SHARDS]
 
 
 def cache_metrics():

@@ -31,7 +31,7 @@ rule prompts:
         num_fewshot=config.get("num_fewshot", 5),
         flavor_defs=lambda wc: flavor_defs([wc.flavor]),
     wildcard_constraints:
-        flavor="|".join(FLAVORS),
+        flavor="|".join(ALL_FLAVORS),
     conda:
         ENV
     resources:

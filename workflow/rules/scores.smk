@@ -1,7 +1,7 @@
 # Scores: every prompt x scorer reduction from the caches, then tables, plots and report.
 # No model is called here.
 
-localrules: predictions, report, cache_summary
+localrules: predictions, report, cache_summary, explorer, attribution, attribution_predictions
 
 REPORT_OUTPUTS = (
     ["reports/predictions.parquet", "reports/scores.csv", "reports/scores.md",
@@ -9,6 +9,8 @@ REPORT_OUTPUTS = (
      "reports/cache_summary.csv"]
     + [f"reports/matrix_{m}.png" for m in MODELS]
     + [f"reports/subjects_{m}.png" for m in MODELS]
+    + [f"reports/attribution_{m}.{ext}" for m in MODELS for ext in ("csv", "png")]
+    + ["reports/explorer.html"]
 )
 
 
@@ -77,3 +79,74 @@ rule cache_summary:
         "logs/cache_summary.log",
     shell:
         "{PY} cache summary --out {output:q} --metrics {input:q} 2> {log:q}"
+
+
+rule explorer:
+    input:
+        predictions="reports/predictions.parquet",
+        questions="data/questions.parquet",
+        prompts=expand("data/prompts/{f}.parquet", f=FLAVORS),
+        cache=cache_shards(),
+    output:
+        html=report("reports/explorer.html", caption="../report/explorer.rst", category="Explorer"),
+        data=directory("reports/explorer"),
+    params:
+        flavor_defs=lambda wc: flavor_defs(),
+    conda:
+        ENV
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    log:
+        "logs/explorer.log",
+    shell:
+        "{PY} explorer --predictions {input.predictions:q} --questions {input.questions:q} "
+        "--prompts {input.prompts:q} --cache {input.cache:q} --out {output.html:q} "
+        "--data-dir {output.data:q} --flavor-defs {params.flavor_defs:q} 2> {log:q}"
+
+
+if VARIANTS:
+
+    rule attribution_predictions:
+        input:
+            cache_shards(list(VARIANTS)),
+        output:
+            "reports/attribution_variants.parquet",
+        params:
+            flavor_defs=lambda wc: flavor_defs(list(VARIANTS)),
+        conda:
+            ENV
+        resources:
+            mem_mb=8000,
+            runtime=30,
+        log:
+            "logs/attribution_predictions.log",
+        shell:
+            "{PY} predictions --flavor-defs {params.flavor_defs:q} --out {output:q} {input:q} "
+            "2> {log:q}"
+
+
+rule attribution:
+    input:
+        ["reports/predictions.parquet"]
+        + (["reports/attribution_variants.parquet"] if VARIANTS else []),
+    output:
+        csv=report(expand("reports/attribution_{m}.csv", m=MODELS), caption="../report/attribution.rst", category="Attribution"),
+        png=report(expand("reports/attribution_{m}.png", m=MODELS), caption="../report/attribution.rst", category="Attribution"),
+    params:
+        pairs=json.dumps(ATTR_PAIRS),
+        order=",".join(ATTR_ORDER),
+        seed=config.get("bootstrap_seed", 0),
+        samples=config.get("bootstrap_samples", 1000),
+        flavor_defs=lambda wc: flavor_defs(ALL_FLAVORS),
+    conda:
+        ENV
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    log:
+        "logs/attribution.log",
+    shell:
+        "{PY} attribution --predictions {input:q} --out-dir reports --pairs {params.pairs:q} "
+        "--order {params.order:q} --seed {params.seed} --samples {params.samples} "
+        "--flavor-defs {params.flavor_defs:q} 2> {log:q}"
