@@ -15,8 +15,8 @@ also run through `run_naive` in the same dtype: largest |fast - naive| and verdi
         --naive 20 --modes batched                                # bf16 vs naive bf16
     PYTHONPATH=workflow python bench/bench_engine.py --models gemma-3-270m --questions 5
 
-Prompts are real MMLU prompts (flavors.py/prompts.py/tokenize.py) when the MMLU CSVs are
-found (`--mmlu-dir`, default ../shared/mmlu), else synthetic requests of the same shape.
+Prompts are real MMLU prompts (flavors.py/prompts.py/tokenize.py) from `--mmlu-dir`
+(default ../shared/mmlu).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -84,23 +83,6 @@ def real_requests(lm, flavor: str, mmlu_dir: Path, subjects: list[str], question
     prompts = build_prompts(qs, flavor, subjects=subjects, questions_per_subject=questions)
     return [tokenize_row(row, lm.tokenizer, lm.max_length).request
             for row in prompts.iter_rows(named=True)]
-
-
-def synthetic_requests(vocab: int, subjects: int, questions: int, bos: int | None,
-                       max_length: int) -> list[Request]:
-    rng = random.Random(0)
-
-    def toks(n: int) -> list[int]:
-        return [rng.randrange(100, vocab) for _ in range(n)]
-
-    head = [bos] if bos is not None else []
-    out = []
-    for _ in range(subjects):
-        prefix = head + toks(600)
-        for _ in range(questions):
-            conts = [toks(1) for _ in range(4)] + [toks(rng.randrange(1, 13)) for _ in range(4)]
-            out.append(Request(prefix + toks(rng.randrange(60, 200)), conts, max_length))
-    return out
 
 
 def ensure_converted(name: str, workdir: Path) -> tuple[Path, float | None]:

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .tokenize import Request
+from .request import Request
 
 log = logging.getLogger(__name__)
 
