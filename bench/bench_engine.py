@@ -1,17 +1,22 @@
 """Benchmark of the forward-pass engine on the real embedded GGUF models (not a test).
 
-For each model and prompt flavor it prints: tokens run through the model by `run_fast`, the
-minimum possible (distinct nodes of the prefix tree of all sequences), `run_fast`
-throughput, the naive reference's throughput and largest deviation on a few requests, and
-the model's raw forward throughput (plain `model(input_ids)` on a batch of long sequences,
-and the transformer body alone) on this machine.
+Both engine modes of `run_fast` on the same questions in the same run (modes alternate
+flavor by flavor): "batched" (many questions per forward, the default) and "per_question"
+(one question's suffix, then its continuations, per forward). Per model, mode and flavor it
+prints tokens run (padding included), the prefix-tree minimum of the model inputs, forward
+calls, tokens per forward (median, mean), forward calls per question, seconds and tokens/s;
+then, per mode over all flavors, compute time / (minimum tokens / the body's best raw
+throughput measured in the same run). With `--naive N`, the first N requests of each flavor
+also run through `run_naive` in the same dtype: largest |fast - naive| and verdict flips
+(argmax letter, argmax letter-continuation sum, argmax text-continuation sum).
 
-    PYTHONPATH=workflow python bench/bench_engine.py            # ~4 min on 2 CPU cores
-    PYTHONPATH=workflow python bench/bench_engine.py --models smollm2-135m-instruct \\
-        --subjects anatomy --questions 4 --flavors original
+    PYTHONPATH=workflow python bench/bench_engine.py             # SmolLM2, 4 subjects x 25
+    PYTHONPATH=workflow python bench/bench_engine.py --dtype bfloat16 --questions 5 \\
+        --naive 20 --modes batched                                # bf16 vs naive bf16
+    PYTHONPATH=workflow python bench/bench_engine.py --models gemma-3-270m --questions 5
 
-Prompts are real MMLU prompts (flavors.py/prompts.py/tokenize.py) when the MMLU CSVs are
-found (`--mmlu-dir`, default ../shared/mmlu), else synthetic requests of the same shape.
+Prompts are real MMLU prompts (flavors.py/prompts.py/tokenize.py) from `--mmlu-dir`
+(default ../shared/mmlu).
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 
@@ -80,23 +85,6 @@ def real_requests(lm, flavor: str, mmlu_dir: Path, subjects: list[str], question
             for row in prompts.iter_rows(named=True)]
 
 
-def synthetic_requests(vocab: int, subjects: int, questions: int, bos: int | None,
-                       max_length: int) -> list[Request]:
-    rng = random.Random(0)
-
-    def toks(n: int) -> list[int]:
-        return [rng.randrange(100, vocab) for _ in range(n)]
-
-    head = [bos] if bos is not None else []
-    out = []
-    for _ in range(subjects):
-        prefix = head + toks(600)
-        for _ in range(questions):
-            conts = [toks(1) for _ in range(4)] + [toks(rng.randrange(1, 13)) for _ in range(4)]
-            out.append(Request(prefix + toks(rng.randrange(60, 200)), conts, max_length))
-    return out
-
-
 def ensure_converted(name: str, workdir: Path) -> tuple[Path, float | None]:
     out = workdir / slugify(name)
     if (out / IDENTITY_FILE).is_file():
@@ -106,19 +94,26 @@ def ensure_converted(name: str, workdir: Path) -> tuple[Path, float | None]:
     return out, time.perf_counter() - t0
 
 
-def raw_throughput(model, vocab: int, batch: int, length: int, body_only: bool) -> float:
+def raw_throughput(model, vocab: int, batch: int, length: int, body_only: bool,
+                   repeats: int = 1) -> float:
+    """Best of `repeats` timed forwards of batch x length random tokens (after a warm-up)."""
     ids = torch.randint(100, vocab, (batch, length), device=next(model.parameters()).device)
     fn = model.model if body_only else model
+    best = 0.0
     with torch.inference_mode():
         fn(input_ids=ids[:, :32])  # warm-up
-        t0 = time.perf_counter()
-        out = fn(input_ids=ids)
-        (out.last_hidden_state if body_only else out.logits).float().sum().item()
-        return batch * length / (time.perf_counter() - t0)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = fn(input_ids=ids)
+            (out.last_hidden_state if body_only else out.logits).float().sum().item()
+            best = max(best, batch * length / (time.perf_counter() - t0))
+    return best
 
 
-def max_deviation(fast, naive) -> float:
-    dev = 0.0
+def compare(fast, naive) -> tuple[float, int, int]:
+    """(largest |fast - naive| over every cached value, verdict flips, verdicts compared)."""
+    dev, flips, n = 0.0, 0, 0
+    argmax = lambda xs: max(range(len(xs)), key=lambda i: (xs[i], -i))  # noqa: E731
     for f, r in zip(fast, naive):
         pairs = [(f.greedy_logprob, r.greedy_logprob)]
         pairs += [(a, b) for a, b in zip(f.candidate_logprobs, r.candidate_logprobs)
@@ -127,80 +122,127 @@ def max_deviation(fast, naive) -> float:
                   for a, b in zip(x, y)]
         pairs += list(zip(f.topk_logprobs, r.topk_logprobs))
         dev = max(dev, max(abs(a - b) for a, b in pairs))
-        assert f.greedy_id == r.greedy_id and f.token_is_greedy == r.token_is_greedy
-    return dev
+        letters_f = [v if v is not None else -1e30 for v in f.candidate_logprobs]
+        letters_r = [v if v is not None else -1e30 for v in r.candidate_logprobs]
+        for a, b in ((letters_f, letters_r), (f.sums[:4], r.sums[:4]), (f.sums[4:], r.sums[4:])):
+            flips += argmax(a) != argmax(b)
+            n += 1
+    return dev, flips, n
+
+
+def load(name: str, dtype: str, workdir: Path):
+    d, conv_s = ensure_converted(name, workdir)
+    t0 = time.perf_counter()
+    lm = load_model({**MODELS[name], "dtype": dtype}, d, name=name)
+    return lm, time.perf_counter() - t0, conv_s
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--flavors", default="original,harness_e47e01b")
-    ap.add_argument("--subjects", default="abstract_algebra,high_school_biology")
-    ap.add_argument("--questions", type=int, default=10, help="test questions per subject")
-    ap.add_argument("--naive", type=int, default=2, help="requests to check against run_naive")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--models", default="smollm2-135m-instruct")
+    ap.add_argument("--flavors", default="original,helm,harness_e47e01b,harness_current")
+    ap.add_argument("--subjects",
+                    default="abstract_algebra,anatomy,high_school_biology,marketing")
+    ap.add_argument("--questions", type=int, default=25, help="test questions per subject")
+    ap.add_argument("--modes", default="batched,per_question")
+    ap.add_argument("--max-batch-tokens", type=int, default=None,
+                    help="batched mode's token budget (default: the device's)")
+    ap.add_argument("--batch-size", type=int, default=8, help="per_question mode's rows")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--naive", type=int, default=0,
+                    help="requests per flavor to compare with run_naive (same dtype)")
     ap.add_argument("--mmlu-dir", type=Path, default=ROOT.parent / "shared" / "mmlu")
     ap.add_argument("--workdir", type=Path, default=ROOT / "data" / "models")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     subjects = args.subjects.split(",")
+    modes = args.modes.split(",")
+    loads = [os.getloadavg()[0]]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"cuda={torch.cuda.is_available()}, load average {os.getloadavg()[0]:.1f} "
+          f"cuda={torch.cuda.is_available()}, load average {loads[0]:.1f} "
           "(other processes on the machine slow every figure down)")
-    figures = []
+    figures: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": [],
+                     "summary": []}
+    from mmlu_flavors.tokenize import letter_ids
     for name in args.models.split(","):
-        d, conv_s = ensure_converted(name, args.workdir)
-        t0 = time.perf_counter()
-        lm = load_model(MODELS[name], d, name=name)
-        load_s = time.perf_counter() - t0
+        lm, load_s, conv_s = load(name, args.dtype, args.workdir)
         vocab = lm.model.config.get_text_config().vocab_size
         conv = "already converted" if conv_s is None else f"converted in {conv_s:.1f}s"
         print(f"\n== {name}: {conv}, loaded in {load_s:.1f}s, vocab {vocab}, "
-              f"max_length {lm.max_length}, device {lm.device}")
-        raw = raw_throughput(lm.model, vocab, 2, 512, body_only=False)
-        body = raw_throughput(lm.model, vocab, 2, 512, body_only=True)
-        print(f"raw forward model(input_ids) 2x512: {raw:,.0f} tok/s; body only: {body:,.0f} tok/s")
-        from mmlu_flavors.tokenize import letter_ids
+              f"max_length {lm.max_length}, device {lm.device}, dtype {args.dtype}")
+        shapes = [(1, 512), (2, 512), (4, 512), (1, 2048)]
+        body = {f"{b}x{n}": raw_throughput(lm.model, vocab, b, n, True, 2) for b, n in shapes}
+        raw = raw_throughput(lm.model, vocab, 1, 512, False, 2)
+        best_body = max(body.values())
+        print("body-only forward tok/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in body.items())
+              + f"; full model(input_ids) 1x512 {raw:,.0f}")
         letters = letter_ids(lm.tokenizer)
-        for flavor in args.flavors.split(","):
-            source = "real MMLU"
-            try:
-                reqs = real_requests(lm, flavor, args.mmlu_dir, subjects, args.questions)
-            except Exception as e:  # noqa: BLE001 — benchmark falls back to synthetic
-                source = f"synthetic ({type(e).__name__}: {e})"
-                reqs = synthetic_requests(vocab, len(subjects), args.questions,
-                                          lm.tokenizer.bos_token_id, lm.max_length)
-            stats = EngineStats()
-            fast = run_fast(lm.model, reqs, letters, args.batch_size, progress=False,
-                            stats=stats)
+        totals = {m: {"tokens": 0, "seconds": 0.0, "forwards": 0, "questions": 0,
+                      "trie": 0, "fwd": []} for m in modes}
+        for k, flavor in enumerate(args.flavors.split(",")):
+            reqs = real_requests(lm, flavor, args.mmlu_dir, subjects, args.questions)
             full_min, input_min = minimum_tokens(reqs)
             ctx = sum(len(r.context) for r in reqs) / len(reqs)
-            print(f"-- flavor {flavor}: {len(reqs)} requests ({source}), mean context "
-                  f"{ctx:.0f} tokens, {stats.groups} prefix groups, "
-                  f"{stats.naive_fallbacks} naive fallbacks")
-            print(f"   run_fast: {stats.tokens:,} tokens run ({stats.pad_tokens:,} padding), "
-                  f"{stats.head_positions:,} head positions, {stats.seconds:.1f}s, "
-                  f"{stats.tokens_per_s:,.0f} tok/s, {len(reqs) / stats.seconds:.2f} prompts/s")
-            print(f"   minimum: trie(context+continuation) {full_min:,}, trie(model inputs) "
-                  f"{input_min:,}; run_fast / trie(full) = {stats.tokens / full_min:.3f}")
-            rec = {"model": name, "flavor": flavor, "requests": len(reqs), "source": source,
-                   "tokens": stats.tokens, "pad_tokens": stats.pad_tokens,
-                   "head_positions": stats.head_positions, "seconds": stats.seconds,
-                   "tok_s": stats.tokens_per_s, "trie_full": full_min,
-                   "trie_inputs": input_min, "raw_tok_s": raw, "body_tok_s": body,
-                   "load_s": load_s, "convert_s": conv_s}
+            print(f"-- {flavor}: {len(reqs)} requests, mean context {ctx:.0f} tokens, "
+                  f"minimum (trie of model inputs) {input_min:,} tokens")
+            naive = None
             if args.naive:
                 ns = EngineStats()
                 naive = run_naive(lm.model, reqs[:args.naive], letters, stats=ns)
-                dev = max_deviation(fast[:args.naive], naive)
-                per_prompt = ns.seconds / args.naive
-                print(f"   run_naive on {args.naive}: {ns.tokens:,} tokens, {ns.seconds:.1f}s "
-                      f"({ns.tokens_per_s:,.0f} tok/s, {per_prompt:.2f}s/prompt vs run_fast "
-                      f"{stats.seconds / len(reqs):.2f}s/prompt); max |fast - naive| = {dev:.2e}")
-                rec.update(naive_s_per_prompt=per_prompt, max_dev=dev)
-            rec["load_avg"] = os.getloadavg()[0]
-            figures.append(rec)
+            for mode in (modes if k % 2 == 0 else modes[::-1]):
+                st = EngineStats()
+                fast = run_fast(lm.model, reqs, letters, args.batch_size, progress=False,
+                                stats=st, mode=mode, max_batch_tokens=args.max_batch_tokens)
+                loads.append(os.getloadavg()[0])
+                ft = st.forward_tokens
+                rec = {"model": name, "dtype": args.dtype, "flavor": flavor, "mode": mode,
+                       "requests": len(reqs), "tokens": st.tokens, "pad_tokens": st.pad_tokens,
+                       "forwards": st.forwards, "tokens_per_forward_median": median(ft),
+                       "tokens_per_forward_mean": st.tokens / st.forwards,
+                       "forwards_per_question": st.forwards / len(reqs),
+                       "seconds": st.seconds, "tok_s": st.tokens_per_s, "trie_inputs": input_min,
+                       "trie_full": full_min, "body_best_tok_s": best_body,
+                       "raw_tok_s": raw, "ran_mode": st.extra.get("mode"),
+                       "max_batch_tokens": st.extra.get("max_batch_tokens"),
+                       "naive_fallbacks": st.naive_fallbacks, "load_avg": loads[-1]}
+                print(f"   {mode:>12}: {st.tokens:,} tokens ({st.pad_tokens:,} pad, "
+                      f"{st.tokens / input_min:.2f}x min) in {st.forwards} forwards "
+                      f"({st.forwards / len(reqs):.2f}/question), tokens/forward median "
+                      f"{median(ft):,.0f} mean {st.tokens / st.forwards:,.0f}; "
+                      f"{st.seconds:.1f}s, {st.tokens_per_s:,.0f} tok/s; "
+                      f"{st.seconds / (input_min / best_body):.2f}x min/body-rate")
+                if naive is not None:
+                    dev, flips, n = compare(fast[:args.naive], naive)
+                    rec.update(naive_requests=args.naive, max_dev=dev, verdict_flips=flips,
+                               verdicts=n)
+                    print(f"   {'':>12}  vs run_naive ({args.dtype}, {args.naive} requests): "
+                          f"max |diff| {dev:.2e}, verdict flips {flips}/{n}")
+                figures["runs"].append(rec)
+                t = totals[mode]
+                t["tokens"] += st.tokens
+                t["seconds"] += st.seconds
+                t["forwards"] += st.forwards
+                t["questions"] += len(reqs)
+                t["trie"] += input_min
+                t["fwd"] += ft
+        for mode, t in totals.items():
+            ratio = t["seconds"] / (t["trie"] / best_body)
+            summary = {"model": name, "dtype": args.dtype, "mode": mode, **{
+                k: v for k, v in t.items() if k != "fwd"},
+                "tokens_per_forward_median": median(t["fwd"]),
+                "tokens_per_forward_mean": t["tokens"] / t["forwards"],
+                "forwards_per_question": t["forwards"] / t["questions"],
+                "body_best_tok_s": best_body, "ratio_to_min_at_body_rate": ratio}
+            figures["summary"].append(summary)
+            print(f"== {name} {mode}, all flavors: {t['tokens']:,} tokens (min {t['trie']:,}) "
+                  f"in {t['seconds']:.1f}s = {t['tokens'] / t['seconds']:,.0f} tok/s; "
+                  f"{t['forwards'] / t['questions']:.2f} forwards/question, tokens/forward "
+                  f"median {median(t['fwd']):,.0f} mean {t['tokens'] / t['forwards']:,.0f}; "
+                  f"compute / (min tokens / best body rate {best_body:,.0f} tok/s) = "
+                  f"{ratio:.2f}")
         del lm
+    figures["load_avg"] = {"min": min(loads), "max": max(loads), "samples": loads}
+    print(f"load average during the run: min {min(loads):.1f}, max {max(loads):.1f}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

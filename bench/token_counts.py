@@ -9,11 +9,12 @@ exactly what a logits job does) with a given tokenizer and counts, per subject:
 * `continuation_tokens`: sum of the lengths of the 8 scored continuations
   (" A".." D" and " " + each choice text)
 * `engine_tokens`: the tokens the fast engine (`engine.run_fast`) actually feeds through the
-  model: a shared few-shot prefix once per run of consecutive questions
-  (`engine.group_by_prefix`), then each context's own suffix once, then the continuations as
-  right-padded batches of `batch_size` rows (padding included); a request that needs left
-  truncation is counted as the naive path does (context + one forward per continuation).
-  This is the sum of the unique prefix-tree tokens the engine runs, plus the padding.
+  model (`engine.planned_tokens`, padding included). Default `--mode batched`: a shared
+  few-shot prefix once per run of consecutive questions (`engine.group_by_prefix`), then each
+  question's suffix and continuation tokens as tree rows in batches of `--max-batch-tokens`
+  (default: the CUDA default), a request that needs left truncation as the naive path's
+  sequences (identical ones once). `--mode per_question`: each suffix, then its continuations
+  as right-padded batches of `batch_size` rows; truncated requests as the naive path does.
 * `naive_fallbacks`, `truncated`
 
 Usage (defaults: the converted SmolLM2 tokenizer, LLaMA's 2048-token context):
@@ -53,7 +54,8 @@ FLAVORS = ("original", "helm", "harness_e47e01b", "harness_current")  # the 2023
 BLOG_MODELS = ROOT / "blog.yaml"
 
 
-def count(prompts_dir: Path, tokenizer, max_length: int, batch_size: int) -> pl.DataFrame:
+def count(prompts_dir: Path, tokenizer, max_length: int, batch_size: int,
+          max_batch_tokens: int | None = None, mode: str = "batched") -> pl.DataFrame:
     out = []
     for flavor in FLAVORS:
         t0 = time.perf_counter()
@@ -62,7 +64,8 @@ def count(prompts_dir: Path, tokenizer, max_length: int, batch_size: int) -> pl.
             rows = df.filter(pl.col("subject") == subject).to_dicts()
             tok = [tokenize_row(r, tokenizer, max_length) for r in rows]
             reqs = [t.request for t in tok]
-            eng, naive = planned_tokens(reqs, batch_size)
+            eng, naive = planned_tokens(reqs, batch_size, max_batch_tokens=max_batch_tokens,
+                                        mode=mode)
             out.append(dict(
                 flavor=flavor, subject=subject, questions=len(reqs),
                 context_tokens=sum(len(r.context) for r in reqs),
@@ -143,7 +146,11 @@ def main() -> None:
                     help="directory with {flavor}.parquet of all 14,042 questions "
                          "(`snakemake --cores 2 data/prompts/{original,helm,...}.parquet`)")
     ap.add_argument("--max-length", type=int, default=2048, help="model context (LLaMA: 2048)")
-    ap.add_argument("--batch-size", type=int, default=8, help="continuation batch rows")
+    ap.add_argument("--batch-size", type=int, default=8,
+                    help="continuation batch rows (--mode per_question)")
+    ap.add_argument("--max-batch-tokens", type=int, default=None,
+                    help="tokens per forward (--mode batched; default: the CUDA default)")
+    ap.add_argument("--mode", default="batched", choices=["batched", "per_question"])
     ap.add_argument("--csv", help="write the per flavor x subject table here")
     ap.add_argument("--from-csv", help="read the table written by --csv instead of counting")
     ap.add_argument("--update-resources", action="store_true",
@@ -158,7 +165,8 @@ def main() -> None:
         counts = pl.read_csv(a.from_csv)
     else:
         tokenizer = AutoTokenizer.from_pretrained(a.tokenizer)
-        counts = count(Path(a.prompts), tokenizer, a.max_length, a.batch_size)
+        counts = count(Path(a.prompts), tokenizer, a.max_length, a.batch_size,
+                       a.max_batch_tokens, a.mode)
     if a.csv:
         Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
         counts.write_csv(a.csv)

@@ -208,10 +208,11 @@ def test_token_budget_halves_on_out_of_memory(model_and_requests, monkeypatch, c
     naive = run_naive(model, requests, LETTER_IDS)
     real = engine._Batched.forward
 
-    def forward(self, rows, prefix_len, cache):
-        if len(rows) > 1 and len(rows) * max(len(r.tokens) for r in rows) > 100:
+    def forward(self, bins, prefix_len, cache):
+        width = max(sum(len(r.tokens) for r in b) for b in bins)
+        if len(bins) > 1 and len(bins) * width > 100:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
-        return real(self, rows, prefix_len, cache)
+        return real(self, bins, prefix_len, cache)
 
     monkeypatch.setattr(engine._Batched, "forward", forward)
     stats = EngineStats()
@@ -223,7 +224,7 @@ def test_token_budget_halves_on_out_of_memory(model_and_requests, monkeypatch, c
     assert "out of memory: max_batch_tokens reduced to 800" in caplog.text
     assert max(stats.forward_tokens[1:]) <= 1600  # the prefix forward is not batched
 
-    def broken(self, rows, prefix_len, cache):
+    def broken(self, bins, prefix_len, cache):
         raise RuntimeError("shape mismatch")
 
     monkeypatch.setattr(engine._Batched, "forward", broken)
@@ -266,3 +267,15 @@ def test_guard_static_reasons():
     other = tiny_llama()
     other.config._attn_implementation = "flash_attention_2"
     assert "flash_attention_2" in batched_support(other)
+
+
+def test_take_packs_short_rows_into_bins():
+    """A batch's first (longest) row sets the width; shorter rows share a bin first-fit
+    instead of padding; a bin opens only while bins x width <= budget."""
+    from mmlu_flavors.engine import _Row, _take
+
+    rows = [_Row([1] * n, list(range(n)), [0] * n, []) for n in (10, 6, 4, 3, 3, 2)]
+    assert _take(rows, 0, 20) == (3, [[0], [1, 2]])
+    assert _take(rows, 3, 20) == (6, [[3], [4], [5]])  # width 3: each 3 fills a bin
+    assert _take(rows, 0, 5) == (1, [[0]])  # a row wider than the budget runs alone
+    assert _take(rows, 0, 1000) == (6, [[0], [1, 2], [3, 4, 5]])

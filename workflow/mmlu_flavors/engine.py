@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .tokenize import Request
+from .request import Request
 
 log = logging.getLogger(__name__)
 
@@ -445,12 +445,28 @@ def _plan(requests: Sequence[Request], accs: Sequence[_Acc], min_prefix: int
     return groups
 
 
-def _take(rows: Sequence[_Row], start: int, budget: int) -> int:
-    """End of the batch that starts at `start`: rows (sorted longest first) while
-    rows x width <= budget, at least one."""
+def _take(rows: Sequence[_Row], start: int, budget: int) -> tuple[int, list[list[int]]]:
+    """The batch that starts at `start` (rows sorted longest first): (end, bins). The first
+    row sets the width; each next row goes into the first bin (a batch row) with room,
+    first-fit, or opens a bin while bins x width <= budget (at least one bin). Several
+    short rows share a bin instead of padding; the mask keeps them apart."""
     width = len(rows[start].tokens)
-    n = max(1, budget // max(width, 1))
-    return min(len(rows), start + n)
+    bins: list[list[int]] = []
+    room: list[int] = []
+    end = start
+    while end < len(rows):
+        n = len(rows[end].tokens)
+        k = next((b for b, free in enumerate(room) if free >= n), None)
+        if k is None:
+            if bins and (len(bins) + 1) * width > budget:
+                break
+            bins.append([])
+            room.append(width)
+            k = len(bins) - 1
+        bins[k].append(end)
+        room[k] -= n
+        end += 1
+    return end, bins
 
 
 class _Batched:
@@ -485,12 +501,15 @@ class _Batched:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _mask(self, pos: torch.Tensor, branch: torch.Tensor, valid: torch.Tensor,
+    def _mask(self, pos: torch.Tensor, seg: torch.Tensor, branch: torch.Tensor,
               window: int | None, prefix_len: int, cached: int) -> torch.Tensor:
-        """(B, 1, L, cached + L) mask; True = attend. Pad queries see only themselves."""
+        """(B, 1, L, cached + L) mask; True = attend: the prefix (within the window), and
+        within the batch row the same segment's trunk and own branch up to the query's
+        position. Pad tokens (segment -1) are seen by none and see only themselves."""
         q, k = pos[:, :, None], pos[:, None, :]
         bq, bk = branch[:, :, None], branch[:, None, :]
-        new = ((bk == 0) | (bk == bq)) & (k <= q) & valid[:, None, :]
+        new = ((bk == 0) | (bk == bq)) & (k <= q) & (seg[:, :, None] == seg[:, None, :]) \
+            & (seg[:, None, :] >= 0)
         if window is not None:
             new &= (q - k) < window
         new |= torch.eye(pos.shape[1], dtype=torch.bool, device=pos.device)
@@ -506,33 +525,36 @@ class _Batched:
             mask = torch.where(mask, zero, torch.finfo(self.dtype).min)
         return mask
 
-    def forward(self, rows: Sequence[_Row], prefix_len: int, cache: Any | None
+    def forward(self, bins: Sequence[Sequence[_Row]], prefix_len: int, cache: Any | None
                 ) -> torch.Tensor:
-        """Final hidden states (B, L, hidden) of right-padded rows on a copy of `cache`."""
-        width = max(len(r.tokens) for r in rows)
+        """Final hidden states (B, L, hidden) of the bins (rows placed one after another,
+        right-padded to a common width L) on a copy of `cache`."""
+        cat = lambda rows, f: [x for r in rows for x in f(r)]  # noqa: E731
+        width = max(sum(len(r.tokens) for r in b) for b in bins)
         fill = lambda xs, v: [x + [v] * (width - len(x)) for x in xs]  # noqa: E731
-        ids = _ids(fill([r.tokens for r in rows], PAD_ID), self.dev)
-        pos = torch.tensor(fill([r.pos for r in rows], 0), device=self.dev)
-        branch = torch.tensor(fill([r.branch for r in rows], -1), device=self.dev)
-        valid = torch.tensor(fill([[True] * len(r.tokens) for r in rows], False),
-                             device=self.dev)
+        ids = _ids(fill([cat(b, lambda r: r.tokens) for b in bins], PAD_ID), self.dev)
+        pos = torch.tensor(fill([cat(b, lambda r: r.pos) for b in bins], 0), device=self.dev)
+        branch = torch.tensor(fill([cat(b, lambda r: r.branch) for b in bins], -1),
+                              device=self.dev)
+        seg = torch.tensor(fill([[i for i, r in enumerate(b) for _ in r.tokens] for b in bins],
+                                -1), device=self.dev)
         masks: dict[int | None, torch.Tensor] = {}
         kw: dict[str, Any] = {"use_cache": False}
         if cache is not None:
-            cache = _copy_cache(cache, len(rows))
+            cache = _copy_cache(cache, len(bins))
             kw = {"use_cache": True, self.cache_kw: cache}
         for i, w in enumerate(self.windows):
             if w not in masks:
                 cached = 0 if cache is None else int(cache.layers[i].keys.shape[-2])
-                masks[w] = self._mask(pos, branch, valid, w, prefix_len, cached)
+                masks[w] = self._mask(pos, seg, branch, w, prefix_len, cached)
         if len(masks) == 1:
             attn: Any = next(iter(masks.values()))
         else:
             attn = {t: masks[w] for t, w in zip(self.layer_types, self.windows)}
         out = self.body(input_ids=ids, position_ids=pos, attention_mask=attn, **kw)
-        n = len(rows) * width
+        n = len(bins) * width
         self.stats.tokens += n
-        self.stats.pad_tokens += n - sum(len(r.tokens) for r in rows)
+        self.stats.pad_tokens += n - sum(len(r.tokens) for b in bins for r in b)
         self.stats.forwards += 1
         self.stats.forward_tokens.append(n)
         return out.last_hidden_state
@@ -545,7 +567,7 @@ class _Batched:
         self.stats.forward_tokens.append(len(tokens))
         return cache
 
-    def heads(self, rows: Sequence[_Row], hidden: torch.Tensor) -> None:
+    def heads(self, bins: Sequence[Sequence[_Row]], hidden: torch.Tensor) -> None:
         """Log-probs at every requested position, handed to the rows' sinks."""
         pending: list[tuple[torch.Tensor, Any]] = []
         size = 0
@@ -562,12 +584,15 @@ class _Batched:
                 at += h.shape[0]
             pending, size = [], 0
 
-        for b, row in enumerate(rows):
-            for outs, sink in row.outs:
-                if size + len(outs) > HEAD_ROWS:
-                    flush()
-                pending.append((hidden[b, outs], sink))
-                size += len(outs)
+        for b, rows in enumerate(bins):
+            at = 0
+            for row in rows:
+                for outs, sink in row.outs:
+                    if size + len(outs) > HEAD_ROWS:
+                        flush()
+                    pending.append((hidden[b, [at + i for i in outs]], sink))
+                    size += len(outs)
+                at += len(row.tokens)
         flush()
 
     def run(self, groups: Sequence[_Group], bar: Any = None) -> None:
@@ -576,17 +601,17 @@ class _Batched:
             cache = self.prefix(g.prefix) if g.prefix else None
             start = 0
             while start < len(g.rows):
-                end = _take(g.rows, start, self.budget)
-                chunk = g.rows[start:end]
+                end, bins = _take(g.rows, start, self.budget)
+                chunk = [[g.rows[i] for i in b] for b in bins]
                 try:
                     hidden = self.forward(chunk, len(g.prefix), cache)
                 except (RuntimeError, MemoryError) as e:
                     self.back_off(e, len(chunk))
                     continue
                 self.heads(chunk, hidden)
-                start = end
                 if bar is not None:
-                    bar.update(len(chunk))
+                    bar.update(end - start)
+                start = end
 
 
 # ------------------------------------------------------------------------ guard
@@ -675,8 +700,8 @@ def planned_tokens(requests: Sequence[Request], batch_size: int = 8,
             total += len(g.prefix)
             start = 0
             while start < len(g.rows):
-                end = _take(g.rows, start, budget)
-                total += (end - start) * len(g.rows[start].tokens)
+                end, bins = _take(g.rows, start, budget)
+                total += len(bins) * len(g.rows[start].tokens)
                 start = end
         return total, sum(map(_needs_truncation, requests))
     if mode != "per_question":

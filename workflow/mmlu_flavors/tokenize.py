@@ -23,18 +23,10 @@ from typing import Any
 
 from .flavors import LETTERS, Flavor, get_flavor
 from .prompts import assemble
+from .request import Request  # noqa: F401 (re-exported: tokenize.Request)
 
 ORIGINAL_MAX_TOKENS = 2048  # hard-coded in hendrycks/test evaluate_hf.py
 NO_LIMIT = 1 << 40
-
-
-@dataclass(frozen=True)
-class Request:
-    """Token ids for one question: context, scored continuations, left-truncation length."""
-
-    context: list[int]
-    continuations: list[list[int]]
-    max_length: int
 
 
 @dataclass(frozen=True)
