@@ -44,6 +44,10 @@ import dataclasses
 import json
 import sys
 import tempfile
+
+# datasets keys its cache of a local dataset by directory name and config, not content: a
+# second run would read the first run's subjects. A fresh cache per process avoids that.
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="lighteval_hf_datasets_"))
 from pathlib import Path
 from typing import Any
 

@@ -35,7 +35,21 @@ CACHE_SCHEMA = {
     "text_cont_greedy": pl.List(pl.List(pl.Boolean)),
     "text_cont_sum": pl.List(pl.Float64),
     "choice_chars": pl.List(pl.Int64), "choices": pl.List(pl.String),
+    "gen_ids": pl.List(pl.Int64), "gen_text": pl.String,
 }
+
+
+def generated_text(tokenizer: Any, ids: list[int]) -> str | None:
+    """The text of a greedy generation as lighteval 0.13 returns it: tokens after the first
+    EOS dropped (generation stops there), decoded without special tokens, cut at the EOS
+    string. None when nothing was generated. Stop sequences are the scorer's business."""
+    if not ids:
+        return None
+    eos = tokenizer.eos_token_id
+    if eos in ids:
+        ids = ids[:ids.index(eos) + 1]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return text.split(tokenizer.eos_token)[0] if tokenizer.eos_token else text
 
 
 class CacheIdentityError(ValueError):
@@ -84,6 +98,7 @@ def rows_from_results(model_name: str, prompt_rows: list[dict], tokenized: list,
             "text_cont_ids": conts[4:], "text_cont_logprobs": res.token_logprobs[4:],
             "text_cont_greedy": res.token_is_greedy[4:], "text_cont_sum": res.sums[4:],
             "choice_chars": [len(c) for c in row["choices"]], "choices": list(row["choices"]),
+            "gen_ids": res.gen_ids, "gen_text": generated_text(tokenizer, res.gen_ids),
         })
     return pl.DataFrame(out, schema=CACHE_SCHEMA)
 
@@ -94,6 +109,9 @@ def _part_is_valid(path: Path, ident: dict, expected: pl.DataFrame) -> bool:
     meta = read_meta(path)
     if meta.get("identity") != ident:
         log.warning("%s: identity differs from this run; recomputing", path)
+        return False
+    if list(pl.read_parquet_schema(path)) != list(CACHE_SCHEMA):
+        log.warning("%s: written with another cache schema; recomputing", path)
         return False
     got = pl.read_parquet(path, columns=["index", "prompt_sha256"]).sort("index")
     want = expected.select("index", "prompt_sha256").sort("index")

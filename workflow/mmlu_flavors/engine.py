@@ -52,6 +52,7 @@ class EngineResult:
     token_logprobs: list[list[float]]  # per continuation, per token
     token_is_greedy: list[list[bool]]
     sums: list[float]  # per continuation; 0.0 for an empty one
+    gen_ids: list[int] = field(default_factory=list)  # greedy generation (request.generate)
 
 
 @dataclass
@@ -105,10 +106,11 @@ def _score(lp: torch.Tensor, cont: Sequence[int]) -> tuple[list[float], list[boo
     return vals, greedy, float(sum(vals))
 
 
-def _result(answer: dict[str, Any], scores: list[tuple[list[float], list[bool], float]]
-            ) -> EngineResult:
+def _result(answer: dict[str, Any], scores: list[tuple[list[float], list[bool], float]],
+            gen_ids: list[int] | None = None) -> EngineResult:
     return EngineResult(**answer, token_logprobs=[s[0] for s in scores],
-                        token_is_greedy=[s[1] for s in scores], sums=[s[2] for s in scores])
+                        token_is_greedy=[s[1] for s in scores], sums=[s[2] for s in scores],
+                        gen_ids=list(gen_ids or []))
 
 
 def _naive_one(model: Any, r: Request, letter_ids: Sequence[int | None],
@@ -120,6 +122,13 @@ def _naive_one(model: Any, r: Request, letter_ids: Sequence[int | None],
     stats.tokens += len(ctx_in)
     stats.head_positions += len(ctx_in)
     stats.forwards += 1
+    gen = [answer["greedy_id"]] if r.generate > 0 else []
+    while 0 < len(gen) < r.generate:  # greedy decoding, one full forward per token
+        inp = (list(r.context) + gen)[-r.max_length:]
+        gen.append(int(torch.argmax(model(_ids(inp, dev)).logits[0, -1].float())))
+        stats.tokens += len(inp)
+        stats.head_positions += len(inp)
+        stats.forwards += 1
     scores = []
     for cont in r.continuations:
         if not cont:
@@ -135,7 +144,7 @@ def _naive_one(model: Any, r: Request, letter_ids: Sequence[int | None],
         stats.tokens += len(inp)
         stats.head_positions += len(inp)
         stats.forwards += 1
-    return _result(answer, scores)
+    return _result(answer, scores, gen)
 
 
 def run_naive(model: Any, requests: Sequence[Request], letter_ids: Sequence[int | None],
@@ -156,7 +165,8 @@ def run_naive(model: Any, requests: Sequence[Request], letter_ids: Sequence[int 
 
 def _needs_truncation(r: Request) -> bool:
     longest = max((len(c) for c in r.continuations), default=0)
-    return len(r.context) + longest > r.max_length + 1 or len(r.context) > r.max_length
+    return (len(r.context) + longest > r.max_length + 1 or len(r.context) > r.max_length
+            or len(r.context) + max(r.generate - 1, 0) > r.max_length)
 
 
 def _lcp(a: Sequence[int], b: Sequence[int], limit: int) -> int:
@@ -307,7 +317,19 @@ class _Fast:
             else:
                 rows_lp = lp[:len(cont)]
             scores.append(_score(rows_lp, cont))
-        return _result(answer, scores)
+        return _result(answer, scores, self.generate(r, cache, answer["greedy_id"]))
+
+    def generate(self, r: Request, cache: Any, first: int) -> list[int]:
+        """Greedy decoding of `r.generate` tokens on a copy of the context cache."""
+        if r.generate <= 0:
+            return []
+        gen, gcache = [first], None
+        while len(gen) < r.generate:
+            gcache = gcache if gcache is not None else _copy_cache(cache)
+            h = self.forward([[gen[-1]]], gcache)[0, -1:]
+            self.stats.head_positions += 1
+            gen.append(int(torch.argmax(_head(self.model, h)[0].float())))
+        return gen
 
 
 def planned_tokens(requests: Sequence[Request], batch_size: int = 8,
@@ -324,11 +346,13 @@ def planned_tokens(requests: Sequence[Request], batch_size: int = 8,
                 total += len(r.context[-r.max_length:])
                 total += sum(len((list(r.context) + list(c))[-(r.max_length + 1):][:-1])
                              for c in r.continuations if c)
+                total += sum(min(len(r.context) + i, r.max_length) for i in range(1, r.generate))
                 continue
             if prefix_len and not prefix_done:
                 total += prefix_len
                 prefix_done = True
             total += len(r.context) - (prefix_len if prefix_done else 0)
+            total += max(r.generate - 1, 0)
             rows = [len(c) - 1 for c in r.continuations if len(c) > 1]
             for s in range(0, len(rows), batch_size):
                 chunk = rows[s:s + batch_size]

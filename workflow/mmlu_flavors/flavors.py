@@ -88,6 +88,57 @@ def shots_helm(test: Sequence[Q], pool: Sequence[Q], k: int) -> list[list[int]]:
     return [picked for _ in test]
 
 
+def lighteval_balanced_sample(pool: Sequence[Q], k: int, label: Callable[[Q], str],
+                              seed: int = 0) -> list[int]:
+    """lighteval 0.13 `FewShotSampler._init_fewshot_sampling_balanced` (few_shots_select None):
+    HELM's label-balanced draw (global `random.seed(0)`; labels sorted, bucketed by size,
+    each bucket shuffled; cycle over labels popping `randrange`), but it draws k + 1 rows
+    (one spare in case the evaluated doc is among them) and keeps the first k."""
+    if k == 0:
+        return []
+    rnd = random.Random(seed)
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, q in enumerate(pool):
+        by_label[label(q)].append(i)
+    counts_to_labels: dict[int, list[str]] = defaultdict(list)
+    for lab, rows in sorted(by_label.items()):
+        counts_to_labels[len(rows)].append(lab)
+    ordered: list[str] = []
+    for count in sorted(counts_to_labels, reverse=True):
+        labels = counts_to_labels[count]
+        rnd.shuffle(labels)
+        ordered.extend(labels)
+    picked: list[int] = []
+    n_left = min(len(pool), k + 1)
+    labels_iter = cycle(ordered)
+    while n_left > 0:
+        lab = next(labels_iter, None)
+        if not lab:
+            break
+        rows = by_label[lab]
+        if not rows:
+            continue
+        picked.append(rows.pop(rnd.randrange(len(rows))))
+        n_left -= 1
+    return picked[:k]  # a dev shot never equals a test doc (different doc ids)
+
+
+def _lighteval_text_label(q: Q) -> str:
+    # mmlu.py: fewshot_sorting_class = gold choice text, or the gold " X" when that is empty
+    return q.choices[q.answer] or " " + LETTERS[q.answer]
+
+
+def shots_lighteval_mmlu(test: Sequence[Q], pool: Sequence[Q], k: int) -> list[list[int]]:
+    picked = lighteval_balanced_sample(pool, k, _lighteval_text_label)
+    return [picked for _ in test]
+
+
+def shots_lighteval_mcf(test: Sequence[Q], pool: Sequence[Q], k: int) -> list[list[int]]:
+    # MCF template sets no fewshot_sorting_class: the label is the gold continuation " X"
+    picked = lighteval_balanced_sample(pool, k, lambda q: " " + LETTERS[q.answer])
+    return [picked for _ in test]
+
+
 def _e47_doc(q: Q) -> tuple:
     # the harness compares processed docs (query, choices, gold) with `!=`
     return (q.question, q.choices, q.answer)
@@ -185,6 +236,29 @@ def _current_example(q: Q) -> str:
     return q.question.strip() + _lettered(q.choices, "\n", "\n") + "\nAnswer:"
 
 
+def _lighteval_mmlu_example(q: Q) -> str:
+    # mmlu.py's query minus its instruction; PromptManager strips it (a no-op here)
+    return ("Question: " + q.question + "".join(f"\n{L}. {c}" for L, c in zip(LETTERS, q.choices))
+            + "\nAnswer:").strip()
+
+
+def _lighteval_fix(text: str) -> str:
+    """capitalize(fix_ending_punct(text)) with lighteval's English literals: rstrip (the
+    English end punctuation maps to itself), then upper-case the first character."""
+    text = text.rstrip()
+    return text[:1].upper() + text[1:]
+
+
+def _lighteval_mcf_example(q: Q) -> str:
+    options = "\n".join(f" {L}. {_lighteval_fix(c)}" for L, c in zip(LETTERS, q.choices))
+    return f"Question: {_lighteval_fix(q.question)}\n{options}\nAnswer:"
+
+
+def lighteval_mcf_keeps(q: Q) -> bool:
+    """global_mmlu.py's hf_filter: every option is non-empty after strip."""
+    return all(c.strip() for c in q.choices)
+
+
 FLAVORS: dict[str, Flavor] = {
     "original": Flavor(
         name="original", shot_split="dev",
@@ -225,6 +299,26 @@ FLAVORS: dict[str, Flavor] = {
         continuations=lambda q: [" " + L for L in LETTERS],
         scorer="loglik_letter",
         description="lm-evaluation-harness today (mmlu): log-likelihood of ' A'..' D'",
+    ),
+    "lighteval_mmlu": Flavor(
+        name="lighteval_mmlu", shot_split="dev",
+        header=lambda s: f"The following are multiple choice questions (with answers) about {subject_spaced(s)}.\n\n" + "\n\n",
+        example=_lighteval_mmlu_example,
+        answered=lambda q: _lighteval_mmlu_example(q) + f" {LETTERS[q.answer]}\n\n",
+        select=shots_lighteval_mmlu,
+        continuations=lambda q: [" " + L for L in LETTERS],
+        scorer="greedy_em",
+        description="lighteval 0.13 lighteval|mmlu: greedy generation (<= 5 tokens, stop at newline), exact match",
+    ),
+    "lighteval_mcf": Flavor(
+        name="lighteval_mcf", shot_split="dev",
+        header=lambda s: "",
+        example=_lighteval_mcf_example,
+        answered=lambda q: _lighteval_mcf_example(q) + f" {LETTERS[q.answer]}\n\n",
+        select=shots_lighteval_mcf,
+        continuations=lambda q: [" " + L for L in LETTERS],
+        scorer="loglik_letter",
+        description="lighteval 0.13 global_mmlu_all_eng_mcf: log-likelihood of ' A'..' D'",
     ),
 }
 

@@ -19,6 +19,7 @@ from mmlu_flavors.flavors import FLAVORS as _FLAVOR_DEFS
 
 SCORERS: tuple[str, ...] = (
     "letter_argmax", "greedy_token", "loglik_acc", "loglik_acc_norm", "loglik_letter",
+    "greedy_em",
 )
 FLAVORS: tuple[str, ...] = tuple(_FLAVOR_DEFS)
 
@@ -32,6 +33,8 @@ IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
     "original": ("original", "letter_argmax"),
     "harness acc_norm": ("harness_e47e01b", "loglik_acc_norm"),
     "harness_current": ("harness_current", "loglik_letter"),
+    "lighteval": ("lighteval_mmlu", "greedy_em"),
+    "lighteval MCF": ("lighteval_mcf", "loglik_letter"),
 }
 
 PREDICTION_SCHEMA: dict[str, pl.DataType] = {
@@ -123,12 +126,27 @@ def pred_loglik_acc_norm(cache: pl.DataFrame) -> pl.Series:
     return _argmax(normed, _any_null(cache, "text_cont_sum") | _any_null(cache, "choice_chars"))
 
 
+def _py_em_letter(text: str | None) -> int | None:
+    if text is None:
+        return None
+    pred = text.split("\n")[0].strip()  # lighteval|mmlu stop sequence "\n", then strip
+    return LETTERS.index(pred) if pred in LETTERS else None
+
+
+def pred_greedy_em(cache: pl.DataFrame) -> pl.Series:
+    """lighteval|mmlu exact_match: the greedy generation (`gen_text`) cut at the first
+    newline and stripped must be exactly A-D; else (or without a generation) pred null."""
+    return pl.Series("pred", [_py_em_letter(t) for t in cache["gen_text"].to_list()],
+                     dtype=pl.Int8)
+
+
 PRED_FUNCS: dict[str, Callable[[pl.DataFrame], pl.Series]] = {
     "letter_argmax": pred_letter_argmax,
     "greedy_token": pred_greedy_token,
     "loglik_acc": pred_loglik_acc,
     "loglik_acc_norm": pred_loglik_acc_norm,
     "loglik_letter": pred_loglik_letter,
+    "greedy_em": pred_greedy_em,
 }
 
 

@@ -28,6 +28,8 @@ OWN_AVERAGING: dict[str, str] = {
     "original": "micro",
     "harness acc_norm": "macro",
     "harness_current": "micro",
+    "lighteval": "macro",  # lighteval's mmlu:_average = mean of the subject means
+    "lighteval MCF": "macro",
 }
 IMPL_ORDER: tuple[str, ...] = tuple(IMPLEMENTATIONS)
 

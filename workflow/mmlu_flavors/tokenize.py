@@ -11,11 +11,13 @@ scorer can be applied to any prompt flavor.
 | helm | default | joint, context exactly `tokenizer(prompt)` | drop last shot while tokens(no special) + 1 > max length, then cut right |
 | harness_e47e01b | none | separate | left-truncate (ctx + cont)[-(L+1):][:-1] |
 | harness_current | default, as lm-eval 0.4.13 (BOS where the tokenizer adds one) | joint (trailing context whitespace moves into the continuation) | left-truncate |
+| lighteval_mcf | default on the context (a trailing EOS dropped), none on continuations | separate (trailing context whitespace moves into the continuation) | left-truncate to max length - 1 |
+| lighteval_mmlu | default, context exactly `tokenizer(prompt)` | joint, as original/helm | none; greedy generation of 5 tokens |
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .flavors import LETTERS
@@ -23,6 +25,7 @@ from .prompts import assemble
 
 ORIGINAL_MAX_TOKENS = 2048  # hard-coded in hendrycks/test evaluate_hf.py
 NO_LIMIT = 1 << 40
+LIGHTEVAL_GENERATION_SIZE = 5  # lighteval|mmlu generation_size
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Request:
     context: list[int]
     continuations: list[list[int]]
     max_length: int
+    generate: int = 0  # greedy tokens to generate after the context (0: none)
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,31 @@ def tokenize_row(row: dict, tokenizer: Any, max_length: int) -> Tokenized:
         special = harness_current_special(tokenizer, row["prompt"])
         return _joint(tokenizer, row["prompt"], conts, special, max_length,
                       len(row["shots"]), False)
+    if flavor == "lighteval_mcf":
+        return _lighteval_pairwise(tokenizer, row["prompt"], conts, max_length - 1,
+                                   len(row["shots"]))
+    if flavor == "lighteval_mmlu":
+        t = _literal(tokenizer, row["prompt"], conts, NO_LIMIT, len(row["shots"]), False)
+        return Tokenized(replace(t.request, generate=LIGHTEVAL_GENERATION_SIZE),
+                         t.n_shots, t.truncated, t.prompt)
     raise ValueError(f"no token rule for flavor {flavor!r}")
+
+
+def _lighteval_pairwise(tokenizer: Any, prompt: str, conts: list[str], max_length: int,
+                        n_shots: int) -> Tokenized:
+    """lighteval 0.13 `tok_encode_pair(..., pairwise=True)`, as `TransformersModel`
+    always calls it when scoring: trailing context whitespace moves into each continuation;
+    context = tokenizer(context) with default special tokens, minus a trailing EOS;
+    continuation = tokenizer(continuation) without special tokens. The model input is
+    (context + continuation)[-model_max_length:], i.e. our `max_length` is that minus one."""
+    n_spaces = len(prompt) - len(prompt.rstrip())
+    context = prompt[:-n_spaces] if n_spaces else prompt
+    conts = [prompt[len(context):] + c for c in conts]
+    ctx = encode(tokenizer, context, True)
+    if ctx and ctx[-1] == tokenizer.eos_token_id:
+        ctx = ctx[:-1]
+    cont_ids = [encode(tokenizer, c, False) for c in conts]
+    return _finish(ctx, cont_ids, max_length, n_shots, False, prompt)
 
 
 def _literal(tokenizer: Any, prompt: str, conts: list[str], max_length: int,
