@@ -204,8 +204,12 @@ def run_task(model, task: str, mmlu_dir: str | Path, subjects: list[str], num_fe
                     row["output_tokens"] = [[int(t) for t in _tokens(o)] for o in resp.output_tokens]
                 else:
                     row["logprobs"] = [float(x) for x in resp.logprobs]
-                    row["output_tokens"] = [[int(t) for t in _tokens(o) if int(t) >= 0]
-                                            for o in resp.output_tokens]
+                    # ModelResponse.output_tokens keeps only the first len(continuation) rows
+                    # (lighteval 0.13 slices the gathered [choices, len] tensor twice), so
+                    # record what _loglikelihood_tokens feeds: its own tok_encode_pair call.
+                    ctxs, conts = model.tok_encode_pair(row["prompt"], doc.choices, pairwise=True)
+                    row["context_tokens"] = [int(t) for t in ctxs[0]]
+                    row["output_tokens"] = [[int(t) for t in c] for c in conts]
     finally:
         if tmp:
             tmp.cleanup()
