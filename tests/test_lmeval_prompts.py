@@ -94,3 +94,15 @@ def test_run_lmeval_smollm2(mmlu_dir, tmp_path_factory):
         assert len(r["loglik"]) == 4 and all(x < 0 for x in r["loglik"])
         assert r["pred"] == max(range(4), key=r["loglik"].__getitem__)
         assert r["acc"] == float(r["pred"] == r["gold"])
+
+
+def test_lmeval_keeps_crlf_rows_as_they_are(mmlu_dir, questions):
+    """college_mathematics dev row 2 holds "\\r\\n" (cais/mmlu rows as they are): lm-eval's own
+    contexts equal our harness_current prompts byte for byte, "\\r\\n" included."""
+    from mmlu_flavors.prompts import build_prompts
+
+    got = lmeval_local.lmeval_contexts(mmlu_dir, ["college_mathematics"], 3, 5)
+    ours = build_prompts(questions, "harness_current", subjects=["college_mathematics"],
+                         questions_per_subject=3).sort("index")
+    assert got.sort("index")["context"].to_list() == ours["prompt"].to_list()
+    assert all("must be true?\r\nI." in c for c in got["context"].to_list())

@@ -24,6 +24,16 @@ def _questions_from_args(a: argparse.Namespace) -> tuple[pl.DataFrame, Source]:
     return load_questions(src), src
 
 
+def _register_flavors(a: argparse.Namespace) -> None:
+    """Custom flavor definitions (config.yaml `custom_flavors`, resolved) given as JSON."""
+    from .flavors import register_all
+
+    defs = json.loads(getattr(a, "flavor_defs", None) or "{}")
+    if not isinstance(defs, dict):
+        raise ValueError("--flavor-defs: expected a JSON object of flavor name -> definition")
+    register_all(defs)
+
+
 def cmd_questions(a: argparse.Namespace) -> None:
     df, src = _questions_from_args(a)
     checksum = table_checksum(df)
@@ -36,11 +46,14 @@ def cmd_questions(a: argparse.Namespace) -> None:
 
 
 def cmd_prompts(a: argparse.Namespace) -> None:
+    from .flavors import get_flavor
     from .prompts import build_prompts
 
+    _register_flavors(a)
     df, _ = _questions_from_args(a)
     table = build_prompts(df, a.flavor, num_fewshot=a.num_fewshot)
-    atomic_write_parquet(table, a.out, {"flavor": a.flavor, "num_fewshot": a.num_fewshot})
+    atomic_write_parquet(table, a.out, {"flavor": a.flavor, "num_fewshot": a.num_fewshot,
+                                        "definition": dict(get_flavor(a.flavor).spec)})
     log.info("%s: %d prompts for %d subjects", a.flavor, table.height,
              table["subject"].n_unique())
 
@@ -53,10 +66,18 @@ def cmd_convert(a: argparse.Namespace) -> None:
 
 def cmd_logits(a: argparse.Namespace) -> None:
     from .cache import compute_shard
+    from .flavors import get_flavor
     from .models import load_model
+    from .tokenize import has_chat_template
 
+    _register_flavors(a)
+    fl = get_flavor(a.flavor)
     entry = json.loads(a.entry)
     loaded = load_model(entry, Path(a.model_dir) if a.model_dir else None, name=a.model_name)
+    if fl.chat != "none" and not has_chat_template(loaded.tokenizer):
+        raise ValueError(f"flavor {a.flavor!r} renders prompts with the tokenizer's chat "
+                         f"template, but model {a.model_name!r} has none (a base model): leave "
+                         "the flavor out for this model")
     prompts = pl.read_parquet(a.prompts)
     subjects = [s for s in a.subjects.split(",") if s]
     n = None if a.questions_per_subject in (None, 0) else a.questions_per_subject
@@ -69,12 +90,14 @@ def cmd_logits(a: argparse.Namespace) -> None:
 def cmd_predictions(a: argparse.Namespace) -> None:
     from .reduce import write_predictions
 
+    _register_flavors(a)
     write_predictions(a.shards, a.out)
 
 
 def cmd_report(a: argparse.Namespace) -> None:
     from .report import write_all
 
+    _register_flavors(a)
     write_all(Path(a.predictions), Path(a.out_dir), Path(a.blog_csv) if a.blog_csv else None,
               json.loads(a.hub_ids), seed=a.seed, n_boot=a.samples)
 
@@ -91,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--revision")
         sp.add_argument("--questions", help="a questions.parquet built by `questions`")
 
+    def flavor_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--flavor-defs", default="{}",
+                        help="JSON: custom flavor name -> definition (config custom_flavors)")
+
     q = sub.add_parser("questions", help="read and validate MMLU into one Parquet table")
     data_args(q)
     q.add_argument("--out", required=True)
@@ -101,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--flavor", required=True)
     pr.add_argument("--num-fewshot", type=int, default=5)
     pr.add_argument("--out", required=True)
+    flavor_args(pr)
     pr.set_defaults(fn=cmd_prompts)
 
     c = sub.add_parser("convert", help="convert a GGUF model entry to a safetensors directory")
@@ -118,11 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--questions-per-subject", type=int)
     lg.add_argument("--no-progress", action="store_true")
     lg.add_argument("--out", required=True)
+    flavor_args(lg)
     lg.set_defaults(fn=cmd_logits)
 
     pd_ = sub.add_parser("predictions", help="every prompt x scorer reduction of cache shards")
     pd_.add_argument("--out", required=True)
     pd_.add_argument("shards", nargs="+")
+    flavor_args(pd_)
     pd_.set_defaults(fn=cmd_predictions)
 
     r = sub.add_parser("report", help="scores, CIs, ranks, tables and plots")
@@ -132,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--hub-ids", default="{}", help="JSON: model name -> Hub id")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--samples", type=int, default=1000)
+    flavor_args(r)
     r.set_defaults(fn=cmd_report)
     return p
 
@@ -146,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.fn(args)
-    except (MMLUDataError, ValueError, FileNotFoundError) as e:
+    except (MMLUDataError, ValueError, FileNotFoundError) as e:  # FlavorError is a ValueError
         log.error("%s", e)
         print(f"mmlu-flavors {args.cmd}: error: {e}", file=sys.stderr)
         return 2

@@ -1,22 +1,48 @@
-"""The four MMLU implementations as data plus small functions.
+"""MMLU flavors as data: each flavor is ONE declarative definition.
+
+Built-in definitions live in `flavors.yaml` (this package), user variants in config.yaml
+`custom_flavors`; both are validated by `flavor.schema.yaml`. A definition names the reading
+rule, header / example / answer templates, separators, shot split and sampler, chat rendering,
+special-token rule, continuation encoding, too-long policy, the scored continuation strings,
+its scorers with their averaging, a display name and the reference it reproduces. The code
+here and in tokenize.py interprets those fields; nothing branches on a flavor's name.
 
 A flavor renders a subject's test questions into prompt parts: a header, a list of
 answered shots (each INCLUDING its trailing separator) and the test block, so that
 `prompt = header + "".join(shots[:n]) + test_block` for any number n of shots kept.
 Shot selection works on a whole subject at once, exactly as the reference seeds it, so
-choosing a subset of questions never changes a prompt. Token-level rules (special
-tokens, joint or separate continuation encoding, too-long policy) live in tokenize.py.
+choosing a subset of questions never changes a prompt.
+
+For issue 13's attribution a flavor is a point in `FACTORS` (header; example template; shot
+split and sampler; answer delimiter; special tokens; scoring rule; averaging; ...):
+`with_factors(a, b, ["header"])` is flavor a with b's header.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import random
+import re
+import string
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import cycle
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from .data import LETTERS
+
+BUILTIN_FILE = Path(__file__).with_name("flavors.yaml")
+SCHEMA_FILE = Path(__file__).with_name("flavor.schema.yaml")
+
+
+class FlavorError(ValueError):
+    """A bad flavor definition: the message names the flavor and the key."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +53,27 @@ class Q:
     choices: tuple[str, str, str, str]
     answer: int
     index: int
+
+
+# --- reading rules ------------------------------------------------------------------------
+
+def universal_newlines(text: str) -> str:
+    """Python text-mode reading (`open(path)`, newline=None): every "\r\n" and every lone
+    "\r" becomes "\n". Applied per field it equals translating the file before `csv.reader`
+    (a CSV field can only hold a carriage return inside quotes)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+READING_RULES: dict[str, Callable[[str], str]] = {
+    "raw": lambda text: text,  # the CSV bytes as written ("\r\n" kept)
+    "universal_newlines": universal_newlines,
+}
+
+
+def read_as(q: Q, rule: str) -> Q:
+    """The row as a reference's reader sees it: `rule` applied to the question and choices."""
+    f = READING_RULES[rule]
+    return Q(f(q.question), tuple(f(c) for c in q.choices), q.answer, q.index)  # type: ignore[arg-type]
 
 
 # --- subject formatting -----------------------------------------------------------------
@@ -41,9 +88,30 @@ def subject_spaced(subject: str) -> str:
     return subject.replace("_", " ")
 
 
+# --- reading rules ------------------------------------------------------------------------
+
+def universal_newlines(text: str) -> str:
+    """Python text-mode reading (`open(path)`, newline=None): every "\r\n" and every lone
+    "\r" becomes "\n". Applied per field it equals translating the file before `csv.reader`
+    (a CSV field can only hold a carriage return inside quotes)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+READING_RULES: dict[str, Callable[[str], str]] = {
+    "raw": lambda text: text,  # the CSV bytes as written ("\r\n" kept)
+    "universal_newlines": universal_newlines,
+}
+
+
+def read_as(q: Q, rule: str) -> Q:
+    """The row as a reference's reader sees it: `rule` applied to the question and choices."""
+    f = READING_RULES[rule]
+    return Q(f(q.question), tuple(f(c) for c in q.choices), q.answer, q.index)  # type: ignore[arg-type]
+
+
 # --- shot selection ---------------------------------------------------------------------
 
-def shots_first_k(test: Sequence[Q], pool: Sequence[Q], k: int) -> list[list[int]]:
+def shots_first_k(test: Sequence[Q], pool: Sequence[Q], k: int, seed: int = 0) -> list[list[int]]:
     """The first k rows of the pool, in file order, for every question."""
     first = list(range(min(k, len(pool))))
     return [first for _ in test]
@@ -82,18 +150,57 @@ def helm_balanced_sample(pool: Sequence[Q], k: int, seed: int = 0) -> list[int]:
     return picked  # every pool row has a correct choice: HELM's unlabeled remainder is empty
 
 
-def shots_helm(test: Sequence[Q], pool: Sequence[Q], k: int) -> list[list[int]]:
+def shots_helm(test: Sequence[Q], pool: Sequence[Q], k: int, seed: int = 0) -> list[list[int]]:
     """HELM draws once per subject: the same shots, same order, for every question."""
-    picked = helm_balanced_sample(pool, k, seed=0)
+    picked = helm_balanced_sample(pool, k, seed=seed)
     return [picked for _ in test]
+
+
+def _e47_doc(q: Q) -> tuple:
+    # the harness compares processed docs (query, choices, gold) with `!=`
+    return (q.question, q.choices, q.answer)
+
+
+def shots_harness_e47e01b(test: Sequence[Q], pool: Sequence[Q], k: int,
+                          seed: int = 42) -> list[list[int]]:
+    """lm-evaluation-harness e47e01b: one `random.Random` seeded 42 per subject shuffles the
+    test documents, then for each document in shuffled order samples k+1 validation docs,
+    drops any equal to the document itself and keeps the first k."""
+    rnd = random.Random()
+    rnd.seed(seed)
+    order = list(range(len(test)))
+    rnd.shuffle(order)  # shuffle depends only on the length: indices stand in for docs
+    out: list[list[int]] = [[] for _ in test]
+    if k == 0:
+        return out  # the reference draws nothing without shots
+    if len(pool) < k + 1:
+        raise ValueError(f"harness_e47e01b needs at least {k + 1} validation rows, got {len(pool)}")
+    for pos in order:
+        doc = _e47_doc(test[pos])
+        drawn = rnd.sample(range(len(pool)), k + 1)  # same draws as sampling the list itself
+        out[pos] = [i for i in drawn if _e47_doc(pool[i]) != doc][:k]
+    return out
+
+
+def shuffle_position_e47e01b(n_test: int, seed: int = 42) -> list[int]:
+    """doc_id of each test row: its position after the harness's seed-42 shuffle."""
+    rnd = random.Random()
+    rnd.seed(seed)
+    order = list(range(n_test))
+    rnd.shuffle(order)
+    pos = [0] * n_test
+    for doc_id, row in enumerate(order):
+        pos[row] = doc_id
+    return pos
 
 
 def lighteval_balanced_sample(pool: Sequence[Q], k: int, label: Callable[[Q], str],
                               seed: int = 0) -> list[int]:
-    """lighteval 0.13 `FewShotSampler._init_fewshot_sampling_balanced` (few_shots_select None):
-    HELM's label-balanced draw (global `random.seed(0)`; labels sorted, bucketed by size,
-    each bucket shuffled; cycle over labels popping `randrange`), but it draws k + 1 rows
-    (one spare in case the evaluated doc is among them) and keeps the first k."""
+    """lighteval 0.13 `FewShotSampler._init_fewshot_sampling_balanced` (few_shots_select
+    None): HELM's label-balanced draw (`random.seed(seed)`; labels sorted, bucketed by size,
+    largest first, each bucket shuffled; cycle over the labels popping `randrange`), but it
+    draws k + 1 rows (a spare in case the evaluated doc is among them), once per subject, and
+    keeps the first k. A shot from `dev` never equals a test doc (their doc ids differ)."""
     if k == 0:
         return []
     rnd = random.Random(seed)
@@ -120,91 +227,182 @@ def lighteval_balanced_sample(pool: Sequence[Q], k: int, label: Callable[[Q], st
             continue
         picked.append(rows.pop(rnd.randrange(len(rows))))
         n_left -= 1
-    return picked[:k]  # a dev shot never equals a test doc (different doc ids)
+    return picked[:k]
 
 
-def _lighteval_text_label(q: Q) -> str:
-    # mmlu.py: fewshot_sorting_class = gold choice text, or the gold " X" when that is empty
-    return q.choices[q.answer] or " " + LETTERS[q.answer]
-
-
-def shots_lighteval_mmlu(test: Sequence[Q], pool: Sequence[Q], k: int) -> list[list[int]]:
-    picked = lighteval_balanced_sample(pool, k, _lighteval_text_label)
+def shots_lighteval_balanced(test: Sequence[Q], pool: Sequence[Q], k: int, seed: int = 0,
+                             label: Callable[[Q], str] | None = None) -> list[list[int]]:
+    """lighteval draws once per subject: the same shots, same order, for every question."""
+    picked = lighteval_balanced_sample(pool, k, label or (lambda q: q.choices[q.answer]), seed)
     return [picked for _ in test]
 
 
-def shots_lighteval_mcf(test: Sequence[Q], pool: Sequence[Q], k: int) -> list[list[int]]:
-    # MCF template sets no fewshot_sorting_class: the label is the gold continuation " X"
-    picked = lighteval_balanced_sample(pool, k, lambda q: " " + LETTERS[q.answer])
-    return [picked for _ in test]
+SAMPLERS: dict[str, Callable[..., list[list[int]]]] = {
+    "first_k": shots_first_k,
+    "helm_balanced": shots_helm,
+    "e47e01b_per_question": shots_harness_e47e01b,
+    "lighteval_balanced": shots_lighteval_balanced,
+}
+LABELED_SAMPLERS: frozenset[str] = frozenset({"lighteval_balanced"})  # take shots.label
 
 
-def _e47_doc(q: Q) -> tuple:
-    # the harness compares processed docs (query, choices, gold) with `!=`
-    return (q.question, q.choices, q.answer)
-
-
-def shots_harness_e47e01b(test: Sequence[Q], pool: Sequence[Q], k: int) -> list[list[int]]:
-    """lm-evaluation-harness e47e01b: one `random.Random` seeded 42 per subject shuffles the
-    test documents, then for each document in shuffled order samples k+1 validation docs,
-    drops any equal to the document itself and keeps the first k."""
-    rnd = random.Random()
-    rnd.seed(42)
-    order = list(range(len(test)))
-    rnd.shuffle(order)  # shuffle depends only on the length: indices stand in for docs
-    out: list[list[int]] = [[] for _ in test]
-    if k == 0:
-        return out  # the reference draws nothing without shots
-    if len(pool) < k + 1:
-        raise ValueError(f"harness_e47e01b needs at least {k + 1} validation rows, got {len(pool)}")
-    for pos in order:
-        doc = _e47_doc(test[pos])
-        drawn = rnd.sample(range(len(pool)), k + 1)  # same draws as sampling the list itself
-        out[pos] = [i for i in drawn if _e47_doc(pool[i]) != doc][:k]
-    return out
-
-
-def shuffle_position_e47e01b(n_test: int) -> list[int]:
-    """doc_id of each test row: its position after the harness's seed-42 shuffle."""
-    rnd = random.Random()
-    rnd.seed(42)
-    order = list(range(n_test))
-    rnd.shuffle(order)
-    pos = [0] * n_test
-    for doc_id, row in enumerate(order):
-        pos[row] = doc_id
-    return pos
-
-
-# --- rendering --------------------------------------------------------------------------
-
-def _lettered(choices: Sequence[str], first: str, sep: str) -> str:
-    return "".join(f"{first if i == 0 else sep}{L}. {c}" for i, (L, c) in enumerate(zip(LETTERS, choices)))
-
+# --- templates --------------------------------------------------------------------------
 
 def _first_correct_letter(q: Q) -> str:
     gold = q.choices[q.answer]
     return LETTERS[next(i for i, c in enumerate(q.choices) if c == gold)]
 
 
+def header_vars(subject: str) -> dict[str, str]:
+    """Variables of a header template."""
+    return {"subject": subject, "subject_spaced": subject_spaced(subject),
+            "subject_words": subject_original(subject)}
+
+
+def capitalized(text: str) -> str:
+    """lighteval's `capitalize(fix_ending_punct(text))` with its English literals: strip the
+    right end (English end punctuation maps to itself), upper-case the first character."""
+    text = text.rstrip()
+    return text[:1].upper() + text[1:]
+
+
+def example_vars(q: Q) -> dict[str, str]:
+    """Variables of example and answer templates."""
+    return {"question": q.question, "question_stripped": q.question.strip(),
+            **dict(zip(LETTERS, q.choices)), "gold_letter": LETTERS[q.answer],
+            "gold_text": q.choices[q.answer], "first_correct_letter": _first_correct_letter(q),
+            "question_capitalized": capitalized(q.question),
+            **{f"{L}_capitalized": capitalized(c) for L, c in zip(LETTERS, q.choices)}}
+
+
+TEMPLATE_VARS: dict[str, tuple[str, ...]] = {
+    "header": tuple(header_vars("x")),
+    "example": tuple(example_vars(Q("q", ("a", "b", "c", "d"), 0, 0))),
+    "answer": tuple(example_vars(Q("q", ("a", "b", "c", "d"), 0, 0))),
+    "continuations": ("letter", "choice"),
+}
+
+
+def _check_template(flavor: str, key: str, template: str, allowed: Sequence[str]) -> None:
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise FlavorError(f"flavor {flavor!r}: {key}: bad template {template!r} ({e}); "
+                          "write a literal brace as {{ or }}") from None
+    for n in names:
+        if n not in allowed:
+            raise FlavorError(f"flavor {flavor!r}: {key}: unknown variable {{{n}}}; "
+                              f"known: {', '.join('{' + a + '}' for a in allowed)}")
+
+
+# --- definitions --------------------------------------------------------------------------
+
 @dataclass(frozen=True)
-class Flavor:
-    """A reference implementation's prompt: header, example template, shots, what it scores."""
+class Implementation:
+    """A published implementation in tables: a prompt flavor read by one of its scorers."""
 
     name: str
-    shot_split: str                      # "dev" or "val"
-    header: Callable[[str], str]         # subject -> header text
-    example: Callable[[Q], str]          # unanswered block (ends in "Answer:")
-    answered: Callable[[Q], str]         # answered shot incl. its trailing separator
-    select: Callable[[Sequence[Q], Sequence[Q], int], list[list[int]]]
-    continuations: Callable[[Q], list[str]]
-    scorer: str                          # the reference's own reduction
-    description: str
+    flavor: str
+    scorer: str
+    averaging: str             # micro | macro
+    order: float = float("inf")  # place in tables (ties: registry order)
+    blog_column: str | None = None
+    color: str | None = None
+    marker: str | None = None
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """A flavor's resolved definition (`spec`, as in flavors.yaml) and what it renders."""
+
+    name: str
+    spec: Mapping[str, Any] = field(repr=False)
+
+    # -- the factors, read from the definition
+    @property
+    def shot_split(self) -> str:
+        return self.spec["shots"]["split"]
+
+    @property
+    def reading(self) -> str:
+        return self.spec["reading"]
+
+    @property
+    def chat(self) -> str:
+        return self.spec["chat"]
+
+    @property
+    def description(self) -> str:
+        return self.spec.get("description") or self.spec["display"]
+
+    @property
+    def scorer(self) -> str:
+        """The reference's own (main) reduction."""
+        return self.spec["scorers"][0]["scorer"]
+
+    def implementations(self) -> list[Implementation]:
+        scorers = self.spec["scorers"]
+        out = []
+        for s in scorers:
+            default = self.name if len(scorers) == 1 else f"{self.name} ({s['scorer']})"
+            out.append(Implementation(s.get("implementation") or default, self.name,
+                                      s["scorer"], s["averaging"],
+                                      float(s.get("order", float("inf"))),
+                                      s.get("blog_column"), s.get("color"), s.get("marker")))
+        return out
+
+    # -- text
+    def header(self, subject: str) -> str:
+        return self.spec["header"].format_map(header_vars(subject))
+
+    def example(self, q: Q) -> str:
+        """The unanswered block (for a test question and, answered, for a shot)."""
+        return self.spec["example"].format_map(example_vars(q))
+
+    def answer(self, q: Q) -> str:
+        return self.spec["answer"].format_map(example_vars(q))
+
+    def answered(self, q: Q) -> str:
+        """An answered shot, including its trailing separator."""
+        return self.example(q) + self.spec["answer_delimiter"] + self.answer(q) + self.spec["separator"]
+
+    def select(self, test: Sequence[Q], pool: Sequence[Q], k: int) -> list[list[int]]:
+        shots = self.spec["shots"]
+        if shots["sampler"] in LABELED_SAMPLERS:
+            return SAMPLERS[shots["sampler"]](test, pool, k, shots.get("seed", 0),
+                                              label=self.shot_label)
+        return SAMPLERS[shots["sampler"]](test, pool, k, shots.get("seed", 0))
+
+    def shot_label(self, q: Q) -> str:
+        """A pool row's class for a balanced sampler: `shots.label` (an answer template), or
+        when that is empty the gold's own continuation (lighteval: `fewshot_sorting_class or
+        get_golds()[0]`)."""
+        label = self.spec["shots"].get("label", "").format_map(example_vars(q))
+        return label or self.continuations(q)[q.answer]
+
+    @property
+    def generate(self) -> int:
+        """Greedy tokens to generate after the context (0: none)."""
+        return int(self.spec.get("generate", 0))
+
+    def _conts(self, key: str, choices: Sequence[str]) -> list[str]:
+        t = self.spec["continuations"][key]
+        return [t.format(letter=L, choice=c) for L, c in zip(LETTERS, choices)]
+
+    def continuations(self, q: Q) -> list[str]:
+        """What this flavor itself scores, per choice (the prompt table's `continuations`)."""
+        return self._conts("own", q.choices)
+
+    def cache_continuations(self, choices: Sequence[str]) -> list[str]:
+        """The eight strings a cache row scores: the letter family, then the text family."""
+        return self._conts("letters", choices) + self._conts("texts", choices)
 
     def render(self, subject: str, test: Sequence[Q], pool: Sequence[Q], k: int) -> list[dict]:
         """Prompt parts for every test question of one subject, in test order."""
         header = self.header(subject)
         answered = [self.answered(p) for p in pool]
+        queries = [self.example(p) for p in pool]
+        answers = [self.answer(p) for p in pool]
         rows = []
         for q, shot_rows in zip(test, self.select(test, pool, k)):
             shots = [answered[i] for i in shot_rows]
@@ -213,114 +411,154 @@ class Flavor:
                 "subject": subject, "index": q.index, "header": header, "shots": shots,
                 "test_block": block, "prompt": header + "".join(shots) + block,
                 "shot_rows": [pool[i].index for i in shot_rows],
+                "shot_queries": [queries[i] for i in shot_rows],
+                "shot_answers": [answers[i] for i in shot_rows],
                 "continuations": self.continuations(q),
             })
         return rows
 
 
-def _original_example(q: Q) -> str:
-    return q.question + _lettered(q.choices, "\n", "\n") + "\nAnswer:"
+@lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA_FILE.read_text())
+    return jsonschema.Draft202012Validator(schema)
 
 
-def _helm_example(q: Q) -> str:
-    return "Question: " + q.question + "\n" + "".join(
-        f"{L}. {c}\n" for L, c in zip(LETTERS, q.choices)) + "Answer:"
+def _schema_errors(defn: Mapping[str, Any], which: str) -> list[str]:
+    """Schema errors, the most specific first ("path.to.key: message")."""
+    from jsonschema.exceptions import best_match
+
+    v = _validator()
+    sub = {**v.schema, "$ref": f"#/$defs/{which}"}
+    errs = list(type(v)(sub).iter_errors(defn))
+    # a key that fails its own schema is also reported as "unevaluated": keep the real error
+    real = [e for e in errs if e.validator != "unevaluatedProperties"] or errs
+    ordered = ([best_match(real)] + [e for e in real if e is not best_match(real)]) if real else []
+    return [f"{'.'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}"
+            for e in ordered]
 
 
-def _e47_example(q: Q) -> str:
-    return "Question: " + q.question + "\nChoices:\n" + "".join(
-        f"{L}. {c}\n" for L, c in zip(LETTERS, q.choices)) + "Answer:"
+def validate_definition(name: str, defn: Mapping[str, Any]) -> None:
+    """Check a resolved definition against the schema and its templates' variables."""
+    errs = _schema_errors(defn, "flavor")
+    if errs:
+        raise FlavorError(f"flavor {name!r}: {errs[0]}"
+                          + (f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""))
+    for key in ("header", "example", "answer"):
+        _check_template(name, key, defn[key], TEMPLATE_VARS[key])
+    if "label" in defn["shots"]:
+        if defn["shots"]["sampler"] not in LABELED_SAMPLERS:
+            raise FlavorError(f"flavor {name!r}: shots.label: only used by "
+                              f"{', '.join(sorted(LABELED_SAMPLERS))}")
+        _check_template(name, "shots.label", defn["shots"]["label"], TEMPLATE_VARS["answer"])
+    for key, t in defn["continuations"].items():
+        _check_template(name, f"continuations.{key}", t, TEMPLATE_VARS["continuations"])
+    if defn["chat"] != "none" and defn["too_long"]["then"] == "cut_right":
+        raise FlavorError(f"flavor {name!r}: too_long.then: cut_right cannot cut a chat-rendered "
+                          "prompt; use left_truncate or none")
+    seen = [s["scorer"] for s in defn["scorers"]]
+    if len(set(seen)) != len(seen):
+        raise FlavorError(f"flavor {name!r}: scorers: a scorer is listed twice ({seen})")
 
 
-def _current_example(q: Q) -> str:
-    return q.question.strip() + _lettered(q.choices, "\n", "\n") + "\nAnswer:"
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Keys of `over` replace those of `base`; mappings merge key by key; lists are replaced."""
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
 
 
-def _lighteval_mmlu_example(q: Q) -> str:
-    # mmlu.py's query minus its instruction; PromptManager strips it (a no-op here)
-    return ("Question: " + q.question + "".join(f"\n{L}. {c}" for L, c in zip(LETTERS, q.choices))
-            + "\nAnswer:").strip()
+def derive(name: str, custom: Mapping[str, Any],
+           known: Mapping[str, Flavor] | None = None) -> dict[str, Any]:
+    """The resolved definition of a custom flavor: its base's, with the given keys replaced.
+
+    Scorers inherited from the base lose their table names (and blog column, colour, marker)
+    so the variant gets its own rows (`name`, or `name (scorer)` with several scorers).
+    """
+    errs = _schema_errors(custom, "custom")
+    if errs:
+        raise FlavorError(f"custom flavor {name!r}: {errs[0]}")
+    known = FLAVORS if known is None else known
+    base = custom["base"]
+    if base not in known:
+        raise FlavorError(f"custom flavor {name!r}: base {base!r} is not a flavor "
+                          f"(known: {', '.join(known)})")
+    over = {k: v for k, v in custom.items() if k != "base"}
+    defn = _merge(known[base].spec, over)
+    if "scorers" not in over:
+        defn["scorers"] = [{"scorer": s["scorer"], "averaging": s["averaging"]}
+                           for s in defn["scorers"]]
+    if "display" not in over:
+        defn["display"] = name
+    if "description" not in over:
+        defn["description"] = f"{name}: {base} with {', '.join(sorted(over)) or 'nothing'} changed"
+    defn["derived_from"] = base
+    return defn
 
 
-def _lighteval_fix(text: str) -> str:
-    """capitalize(fix_ending_punct(text)) with lighteval's English literals: rstrip (the
-    English end punctuation maps to itself), then upper-case the first character."""
-    text = text.rstrip()
-    return text[:1].upper() + text[1:]
+def _make(name: str, defn: Mapping[str, Any]) -> Flavor:
+    validate_definition(name, defn)
+    return Flavor(name, copy.deepcopy(dict(defn)))
 
 
-def _lighteval_mcf_example(q: Q) -> str:
-    options = "\n".join(f" {L}. {_lighteval_fix(c)}" for L, c in zip(LETTERS, q.choices))
-    return f"Question: {_lighteval_fix(q.question)}\n{options}\nAnswer:"
+def load_builtin(path: Path = BUILTIN_FILE) -> dict[str, Flavor]:
+    """The built-in flavors of flavors.yaml, validated, in file order."""
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise FlavorError(f"{path}: expected a mapping of flavor name -> definition")
+    return {name: _make(name, defn) for name, defn in data.items()}
 
 
-def lighteval_mcf_keeps(q: Q) -> bool:
-    """global_mmlu.py's hf_filter: every option is non-empty after strip."""
-    return all(c.strip() for c in q.choices)
+BUILTIN: dict[str, Flavor] = load_builtin()
+FLAVORS: dict[str, Flavor] = dict(BUILTIN)  # the registry: built-ins, then registered customs
 
 
-FLAVORS: dict[str, Flavor] = {
-    "original": Flavor(
-        name="original", shot_split="dev",
-        header=lambda s: f"The following are multiple choice questions (with answers) about {subject_original(s)}.\n\n",
-        example=_original_example,
-        answered=lambda q: _original_example(q) + f" {LETTERS[q.answer]}\n\n",
-        select=shots_first_k,
-        continuations=lambda q: list(LETTERS),
-        scorer="letter_argmax",
-        description="hendrycks/test PR 13 (evaluate_hf.py): letter logits at the answer position",
-    ),
-    "helm": Flavor(
-        name="helm", shot_split="dev",
-        header=lambda s: f"The following are multiple choice questions (with answers) about {subject_spaced(s)}.\n\n",
-        example=_helm_example,
-        answered=lambda q: _helm_example(q) + f" {_first_correct_letter(q)}\n\n",
-        select=shots_helm,
-        continuations=lambda q: list(LETTERS),
-        scorer="greedy_token",
-        description="HELM cab5d89 multiple_choice_joint: one greedy token, stripped, exact match",
-    ),
-    "harness_e47e01b": Flavor(
-        name="harness_e47e01b", shot_split="val",
-        header=lambda s: "",
-        example=_e47_example,
-        answered=lambda q: _e47_example(q) + " " + q.choices[q.answer] + "\n\n",
-        select=shots_harness_e47e01b,
-        continuations=lambda q: [" " + c for c in q.choices],
-        scorer="loglik_acc",
-        description="lm-evaluation-harness e47e01b hendrycksTest: log-likelihood of each answer text",
-    ),
-    "harness_current": Flavor(
-        name="harness_current", shot_split="dev",
-        header=lambda s: f"The following are multiple choice questions (with answers) about {subject_spaced(s)}.\n\n",
-        example=_current_example,
-        answered=lambda q: _current_example(q) + f" {LETTERS[q.answer]}\n\n",
-        select=shots_first_k,
-        continuations=lambda q: [" " + L for L in LETTERS],
-        scorer="loglik_letter",
-        description="lm-evaluation-harness today (mmlu): log-likelihood of ' A'..' D'",
-    ),
-    "lighteval_mmlu": Flavor(
-        name="lighteval_mmlu", shot_split="dev",
-        header=lambda s: f"The following are multiple choice questions (with answers) about {subject_spaced(s)}.\n\n" + "\n\n",
-        example=_lighteval_mmlu_example,
-        answered=lambda q: _lighteval_mmlu_example(q) + f" {LETTERS[q.answer]}\n\n",
-        select=shots_lighteval_mmlu,
-        continuations=lambda q: [" " + L for L in LETTERS],
-        scorer="greedy_em",
-        description="lighteval 0.13 lighteval|mmlu: greedy generation (<= 5 tokens, stop at newline), exact match",
-    ),
-    "lighteval_mcf": Flavor(
-        name="lighteval_mcf", shot_split="dev",
-        header=lambda s: "",
-        example=_lighteval_mcf_example,
-        answered=lambda q: _lighteval_mcf_example(q) + f" {LETTERS[q.answer]}\n\n",
-        select=shots_lighteval_mcf,
-        continuations=lambda q: [" " + L for L in LETTERS],
-        scorer="loglik_letter",
-        description="lighteval 0.13 global_mmlu_all_eng_mcf: log-likelihood of ' A'..' D'",
-    ),
-}
+def register(name: str, definition: Mapping[str, Any]) -> Flavor:
+    """Add a flavor to the registry: a custom variant (`base:` ...) or a full definition.
+
+    Re-registering the same definition is a no-op; a built-in name or a different
+    definition under a registered name is an error.
+    """
+    if not isinstance(definition, Mapping):
+        raise FlavorError(f"custom flavor {name!r}: expected a mapping, got {type(definition).__name__}")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or len(name) > 64:
+        raise FlavorError(f"flavor name {name!r}: use lower-case letters, digits and _ "
+                          "(it becomes a path component)")
+    defn = derive(name, definition) if "base" in definition else dict(definition)
+    fl = _make(name, defn)
+    if name in FLAVORS:
+        if FLAVORS[name].spec == fl.spec:
+            return FLAVORS[name]
+        what = "a built-in flavor" if name in BUILTIN else "already registered differently"
+        raise FlavorError(f"flavor {name!r}: {what}; choose another name")
+    clash = {i.name for i in fl.implementations()} & {i.name for f in FLAVORS.values()
+                                                       for i in f.implementations()}
+    if clash:
+        raise FlavorError(f"flavor {name!r}: implementation name(s) {sorted(clash)} already "
+                          "used; set scorers[].implementation")
+    FLAVORS[name] = fl
+    return fl
+
+
+def register_all(custom: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
+    """Register config.yaml `custom_flavors` (bases may be earlier customs); returns names."""
+    names = []
+    for name, defn in (custom or {}).items():
+        register(name, defn)
+        names.append(name)
+    return names
+
+
+def definitions_json(names: Sequence[str] | None = None) -> str:
+    """Resolved definitions of registered non-built-in flavors, as JSON (for the CLI)."""
+    chosen = [n for n in (names or FLAVORS) if n in FLAVORS and n not in BUILTIN]
+    return json.dumps({n: FLAVORS[n].spec for n in chosen}, sort_keys=True)
 
 
 def get_flavor(name: str) -> Flavor:
@@ -329,3 +567,63 @@ def get_flavor(name: str) -> Flavor:
         return FLAVORS[name]
     except KeyError:
         raise ValueError(f"unknown flavor {name!r}; known: {', '.join(FLAVORS)}") from None
+
+
+def implementations(flavors: Sequence[str] | None = None) -> dict[str, Implementation]:
+    """Table name -> implementation, over the registered flavors, in table order (`order`,
+    then registry order)."""
+    names = list(FLAVORS) if flavors is None else list(flavors)
+    every = [i for n in names for i in get_flavor(n).implementations()]
+    return {i.name: i for _, i in sorted(enumerate(every), key=lambda t: (t[1].order, t[0]))}
+
+
+# --- factor space (issue 13) ----------------------------------------------------------------
+
+# factor -> the definition keys it consists of. Prompt factors change the prompt or token ids
+# (a new variant costs one forward pass per question); scoring factors cost nothing.
+FACTORS: dict[str, tuple[str, ...]] = {
+    "reading": ("reading",),
+    "header": ("header",),
+    "example": ("example", "answer", "separator"),
+    "answer_delimiter": ("answer_delimiter",),
+    "shots": ("shots",),
+    "chat": ("chat",),
+    "special_tokens": ("special_tokens",),
+    "encoding": ("encoding",),
+    "too_long": ("too_long",),
+    "continuations": ("continuations",),
+    "scoring": ("scorer",),
+    "averaging": ("averaging",),
+}
+SCORING_FACTORS: frozenset[str] = frozenset({"scoring", "averaging"})
+
+
+def with_factors(a: str | Mapping[str, Any], b: str | Mapping[str, Any],
+                 factors: Sequence[str]) -> dict[str, Any]:
+    """Definition `a` with the given factors taken from `b` (names or resolved definitions).
+
+    Scoring factors act on the first (main) scorer. The result has no table names; register
+    it under a new name to build its prompts and score it."""
+    da = copy.deepcopy(dict(get_flavor(a).spec if isinstance(a, str) else a))
+    db = get_flavor(b).spec if isinstance(b, str) else b
+    for f in factors:
+        if f not in FACTORS:
+            raise FlavorError(f"unknown factor {f!r}; known: {', '.join(FACTORS)}")
+        if f in SCORING_FACTORS:
+            da["scorers"] = [dict(da["scorers"][0])]
+            for key in FACTORS[f]:
+                da["scorers"][0][key] = db["scorers"][0][key]
+        else:
+            for key in FACTORS[f]:
+                da[key] = copy.deepcopy(db[key])
+    da["scorers"] = [{"scorer": s["scorer"], "averaging": s["averaging"]} for s in da["scorers"]]
+    da.pop("derived_from", None)
+    da["display"] = f"{da['display']} with {b if isinstance(b, str) else 'b'}'s {', '.join(factors)}"
+    return da
+
+
+def prompt_spec(defn: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a definition that determines prompts and token ids (not the scoring):
+    two flavors with equal prompt specs share one cache."""
+    return {k: v for k, v in defn.items()
+            if k not in ("scorers", "display", "description", "reference", "derived_from")}

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import polars as pl
 
-from .flavors import Q, get_flavor
+from .flavors import Q, get_flavor, read_as
 from .io import sha256_text
 
 PROMPT_SCHEMA = {
     "flavor": pl.String, "subject": pl.String, "index": pl.Int64, "prompt": pl.String,
     "header": pl.String, "shots": pl.List(pl.String), "test_block": pl.String,
     "shot_split": pl.String, "shot_rows": pl.List(pl.Int64),
+    "shot_queries": pl.List(pl.String), "shot_answers": pl.List(pl.String),
     "continuations": pl.List(pl.String), "gold": pl.Int8, "choices": pl.List(pl.String),
     "num_fewshot": pl.Int64, "prompt_sha256": pl.String,
 }
 
 
-def _qs(df: pl.DataFrame) -> list[Q]:
-    return [Q(r["question"], tuple(r["choices"]), int(r["answer"]), int(r["index"]))
+def _qs(df: pl.DataFrame, reading: str) -> list[Q]:
+    """Rows of one split and subject as the flavor's reference reads them."""
+    return [read_as(Q(r["question"], tuple(r["choices"]), int(r["answer"]), int(r["index"])),
+                    reading)
             for r in df.sort("index").iter_rows(named=True)]
 
 
@@ -40,8 +43,8 @@ def build_prompts(questions: pl.DataFrame, flavor: str, num_fewshot: int = 5,
     by_split = questions.partition_by("split", "subject", as_dict=True)
     rows: list[dict] = []
     for subject in chosen:
-        test = _qs(by_split[("test", subject)])
-        pool = _qs(by_split[(fl.shot_split, subject)])
+        test = _qs(by_split[("test", subject)], fl.reading)
+        pool = _qs(by_split[(fl.shot_split, subject)], fl.reading)
         rendered = fl.render(subject, test, pool, num_fewshot)
         if questions_per_subject is not None:
             rendered, test = rendered[:questions_per_subject], test[:questions_per_subject]

@@ -15,27 +15,23 @@ import numpy as np
 import polars as pl
 
 from mmlu_flavors.data import LETTERS
-from mmlu_flavors.flavors import FLAVORS as _FLAVOR_DEFS
+from mmlu_flavors.flavors import BUILTIN as _BUILTIN
+from mmlu_flavors.flavors import implementations as _implementations
 
 SCORERS: tuple[str, ...] = (
     "letter_argmax", "greedy_token", "loglik_acc", "loglik_acc_norm", "loglik_letter",
     "greedy_em",
 )
-FLAVORS: tuple[str, ...] = tuple(_FLAVOR_DEFS)
+# the built-in flavors (flavors.yaml), in file order; custom flavors are added at run time
+# (flavors.register) and read through flavors.implementations()
+FLAVORS: tuple[str, ...] = tuple(_BUILTIN)
 
-# published implementation (prompt flavor) -> its own scorer
-DIAGONAL: dict[str, str] = {name: f.scorer for name, f in _FLAVOR_DEFS.items()}
+# published implementation (prompt flavor) -> its own (main) scorer
+DIAGONAL: dict[str, str] = {name: f.scorer for name, f in _BUILTIN.items()}
 
-# names used in tables -> (prompt flavor, scorer); harness e47e01b has two metrics
+# names used in tables -> (prompt flavor, scorer), from the definitions' `scorers`
 IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
-    "helm": ("helm", "greedy_token"),
-    "harness (acc)": ("harness_e47e01b", "loglik_acc"),
-    "original": ("original", "letter_argmax"),
-    "harness acc_norm": ("harness_e47e01b", "loglik_acc_norm"),
-    "harness_current": ("harness_current", "loglik_letter"),
-    "lighteval": ("lighteval_mmlu", "greedy_em"),
-    "lighteval MCF": ("lighteval_mcf", "loglik_letter"),
-}
+    n: (i.flavor, i.scorer) for n, i in _implementations(list(_BUILTIN)).items()}
 
 PREDICTION_SCHEMA: dict[str, pl.DataType] = {
     "model": pl.String(),

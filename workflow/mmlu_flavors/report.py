@@ -22,23 +22,31 @@ from mmlu_flavors import stats as st  # noqa: E402
 from mmlu_flavors.categories import CATEGORY_NAMES  # noqa: E402
 from mmlu_flavors.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from mmlu_flavors.models import slugify  # noqa: E402
-from mmlu_flavors.reduce import FLAVORS, IMPLEMENTATIONS, SCORERS  # noqa: E402
+from mmlu_flavors.flavors import FLAVORS, implementations  # noqa: E402
+from mmlu_flavors.reduce import SCORERS  # noqa: E402
 
 FULL_MMLU_TEST = 14042
-# blog column -> our implementations compared with it (the post does not say acc or acc_norm)
-BLOG_COLUMNS: dict[str, tuple[str, ...]] = {
-    "helm": ("helm",),
-    "harness": ("harness (acc)", "harness acc_norm"),
-    "original": ("original",),
-}
-IMPL_COLORS: dict[str, str] = {
-    "helm": "#1f77b4", "harness (acc)": "#d62728", "original": "#2ca02c",
-    "harness acc_norm": "#ff7f0e", "harness_current": "#9467bd",
-}
-IMPL_MARKERS: dict[str, str] = {
-    "helm": "o", "harness (acc)": "s", "original": "D", "harness acc_norm": "^",
-    "harness_current": "v",
-}
+_PALETTE = ("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78")
+_MARKERS = ("P", "X", "*", "h", "<", ">", "p")
+
+
+def blog_columns() -> dict[str, tuple[str, ...]]:
+    """Blog column -> our implementations compared with it (the definitions' `blog_column`;
+    the post does not say whether its harness column is acc or acc_norm)."""
+    out: dict[str, list[str]] = {}
+    for name, i in implementations().items():
+        if i.blog_column:
+            out.setdefault(i.blog_column, []).append(name)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def impl_style(name: str) -> tuple[str, str]:
+    """(colour, marker) of an implementation: its definition's, else a stable fallback."""
+    impls = implementations()
+    i = impls.get(name)
+    k = list(impls).index(name) if i else 0
+    return ((i.color if i and i.color else _PALETTE[k % len(_PALETTE)]),
+            (i.marker if i and i.marker else _MARKERS[k % len(_MARKERS)]))
 
 
 def model_slug(model: str) -> str:
@@ -73,13 +81,14 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _impls(s: st.Stats) -> list[str]:
     have = set(s.scores.get_column("implementation").to_list())
-    return [i for i in IMPLEMENTATIONS if i in have]
+    return [i for i in implementations() if i in have]
 
 
 def _models(s: st.Stats) -> list[str]:
-    """Models ordered by their original-implementation score (else the first implementation)."""
+    """Models ordered by their score under the implementation compared with the published
+    table's `original` column (else the first implementation)."""
     impls = _impls(s)
-    ref = "original" if "original" in impls else impls[0]
+    ref = next((i for i in impls if i in blog_columns().get("original", ())), impls[0])
     return (s.scores.filter(pl.col("implementation") == ref)
             .sort("score", "model", descending=[True, False]).get_column("model").to_list())
 
@@ -103,7 +112,7 @@ def scores_markdown(s: st.Stats, seed: int, n_boot: int) -> str:
            f"seed {seed}).\n",
            "Averaging: micro = mean over questions (original, harness_current); macro = mean "
            "of the subject means (HELM, harness e47e01b / Open LLM Leaderboard).\n"]
-    header = ["model"] + [f"{i} ({st.OWN_AVERAGING[i]})" for i in impls]
+    header = ["model"] + [f"{i} ({st.own_averaging()[i]})" for i in impls]
     rows = [[m] + [_ci(sc[m, i]["score"], sc[m, i]["score_lo"], sc[m, i]["score_hi"])
                    for i in impls] for m in models]
     out.append(_md_table(header, rows))
@@ -189,7 +198,7 @@ def blog_markdown(s: st.Stats, blog: pl.DataFrame, hub_ids: Mapping[str, str]) -
         rows = []
         pub = {r["model"]: r for r in blog.iter_rows(named=True)}
         for m, bm in matched.items():
-            for col, impls in BLOG_COLUMNS.items():
+            for col, impls in blog_columns().items():
                 for i in impls:
                     if (m, i) not in sc:
                         continue
@@ -245,7 +254,7 @@ def plot_rank_comparison(s: st.Stats, path: Path) -> None:
                         textcoords="offset points", fontsize=7, color=color)
         end_label(m, x[0] - spread / 2 - 0.02, r[0], -1, color)
         end_label(m, x[-1] + spread / 2 + 0.02, r[-1], +1, color)
-    ax.set_xticks(x, [f"{i}\n({st.OWN_AVERAGING[i]})" for i in impls])
+    ax.set_xticks(x, [f"{i}\n({st.own_averaging()[i]})" for i in impls])
     ax.set_yticks(np.arange(1, n_m + 1))
     ax.set_ylim(n_m + 0.5, 0.5)
     ax.set_xlim(-0.5 - 0.4 * len(impls) / 3, len(impls) - 0.5 + 0.4 * len(impls) / 3)
@@ -312,8 +321,8 @@ def plot_subjects(s: st.Stats, model: str, path: Path) -> None:
     for i in impls:
         d = sub.filter(pl.col("implementation") == i)
         ax.scatter(d.get_column("accuracy"), [y[n] for n in d.get_column("subject")],
-                   label=f"{i} ({st.OWN_AVERAGING[i]} overall)", color=IMPL_COLORS.get(i),
-                   marker=IMPL_MARKERS.get(i, "o"), s=26, alpha=0.85, zorder=3)
+                   label=f"{i} ({st.own_averaging()[i]} overall)", color=impl_style(i)[0],
+                   marker=impl_style(i)[1], s=26, alpha=0.85, zorder=3)
     ax.set_yticks(range(len(names)),
                   [f"{n} ({c})" for n, c in subj.select("subject", "n").iter_rows()], fontsize=7.5)
     cats = subj.get_column("category").to_list()

@@ -104,7 +104,7 @@ def shard_tokens(flavor: str | None, subjects: Iterable[str] | None,
     flavors = [flavor] if flavor else list(TOKEN_COUNTS)
     total = 0.0
     for f in flavors:
-        table = TOKEN_COUNTS.get(f, {})
+        table = TOKEN_COUNTS.get(f) or TOKEN_COUNTS.get(_measured_base(f), {})
         for s in (subjects if subjects is not None else table):
             q, tokens = table.get(s, (100, 100 * TOKENS_PER_QUESTION_FALLBACK))
             frac = 1.0 if questions_per_subject is None else min(questions_per_subject, q) / q
@@ -112,8 +112,16 @@ def shard_tokens(flavor: str | None, subjects: Iterable[str] | None,
     return total / len(flavors) * TOKENIZER_FACTOR
 
 
+def _measured_base(flavor: str) -> str | None:
+    """A custom flavor without measured counts uses those of the flavor it derives from."""
+    from .flavors import FLAVORS
+
+    fl = FLAVORS.get(flavor)
+    return fl.spec.get("derived_from") if fl is not None else None
+
+
 def shard_questions(subjects: Iterable[str] | None, questions_per_subject: int | None) -> int:
-    table = TOKEN_COUNTS.get("helm", {})
+    table = next(iter(TOKEN_COUNTS.values()), {})  # question counts are the same in every flavor
     total = 0
     for s in (subjects if subjects is not None else table):
         q = table.get(s, (100, 0))[0]

@@ -1,7 +1,7 @@
 """Aggregation as each reference does it, paired bootstrap CIs, ranks, Kendall tau, flips.
 
 Averaging: micro = mean over questions; macro = unweighted mean of the subject means. Both are
-always computed; `OWN_AVERAGING` marks each implementation's own convention (original and
+always computed; `own_averaging()` (from the flavor definitions) gives each implementation's own convention (original and
 harness_current micro, HELM and harness e47e01b macro). Categories follow the original repo:
 micro within a category (macro within a category is given too).
 
@@ -20,31 +20,33 @@ import numpy as np
 import polars as pl
 
 from mmlu_flavors.categories import category_of
-from mmlu_flavors.reduce import IMPLEMENTATIONS
+from mmlu_flavors.flavors import implementations
 
-OWN_AVERAGING: dict[str, str] = {
-    "helm": "macro",
-    "harness (acc)": "macro",
-    "original": "micro",
-    "harness acc_norm": "macro",
-    "harness_current": "micro",
-    "lighteval": "macro",  # lighteval's mmlu:_average = mean of the subject means
-    "lighteval MCF": "macro",
-}
-IMPL_ORDER: tuple[str, ...] = tuple(IMPLEMENTATIONS)
+
+def own_averaging() -> dict[str, str]:
+    """Implementation name -> its own averaging (micro | macro), from the flavor definitions."""
+    return {n: i.averaging for n, i in implementations().items()}
+
+
+def impl_order() -> tuple[str, ...]:
+    """Implementation names in table order (registry order, then each flavor's scorers)."""
+    return tuple(implementations())
 
 
 # ---------------------------------------------------------------- point estimates
 
 def implementation_table() -> pl.DataFrame:
     """implementation, prompt, scorer, averaging (its own convention)."""
+    impls = implementations()
     return pl.DataFrame(
         {
-            "implementation": list(IMPLEMENTATIONS),
-            "prompt": [p for p, _ in IMPLEMENTATIONS.values()],
-            "scorer": [s for _, s in IMPLEMENTATIONS.values()],
-            "averaging": [OWN_AVERAGING[i] for i in IMPLEMENTATIONS],
-        }
+            "implementation": list(impls),
+            "prompt": [i.flavor for i in impls.values()],
+            "scorer": [i.scorer for i in impls.values()],
+            "averaging": [i.averaging for i in impls.values()],
+        },
+        schema={"implementation": pl.String, "prompt": pl.String, "scorer": pl.String,
+                "averaging": pl.String},
     )
 
 
@@ -201,7 +203,7 @@ def flips(pred: pl.DataFrame) -> pl.DataFrame:
     d = diagonal(pred).select("model", "implementation", "subject", "index", "gold", "pred",
                               "correct")
     out = []
-    present = [i for i in IMPL_ORDER if i in set(d.get_column("implementation").to_list())]
+    present = [i for i in impl_order() if i in set(d.get_column("implementation").to_list())]
     for a, b in combinations(present, 2):
         da = d.filter(pl.col("implementation") == a).drop("implementation")
         db = d.filter(pl.col("implementation") == b).drop("implementation", "gold")
@@ -225,7 +227,7 @@ def flip_summary(pred: pl.DataFrame, flip_rows: pl.DataFrame) -> pl.DataFrame:
     """Per model x implementation pair: n_questions, n_flips, only_a, only_b, flip_rate."""
     nq = diagonal(pred).group_by("model", "implementation").len()
     pairs = pl.DataFrame(
-        [(a, b) for a, b in combinations(IMPL_ORDER, 2)],
+        [(a, b) for a, b in combinations(impl_order(), 2)],
         schema=["implementation_a", "implementation_b"], orient="row")
     base = (nq.rename({"implementation": "implementation_a", "len": "n_questions"})
             .join(pairs, on="implementation_a")
@@ -270,7 +272,8 @@ def compute(pred: pl.DataFrame, seed: int = 0, n_boot: int = 1000, level: float 
         raise ValueError("no published implementation (diagonal prompt x scorer) in predictions")
     models = sorted(diag.get_column("model").unique().to_list())
     present = set(diag.get_column("implementation").unique().to_list())
-    impls = [i for i in IMPL_ORDER if i in present]
+    order_all = impl_order()
+    impls = [i for i in order_all if i in present]
     have = diag.select("model", "implementation").unique()
     if have.height != len(models) * len(impls):
         raise ValueError(f"every model needs the same implementations; have {have.sort('model').rows()}")
@@ -279,7 +282,8 @@ def compute(pred: pl.DataFrame, seed: int = 0, n_boot: int = 1000, level: float 
     cols = bs.columns
     col_of = {(m, i): k for k, (m, i) in enumerate(cols.iter_rows())}
     K = cols.height
-    own = np.array([OWN_AVERAGING[i] for _, i in cols.iter_rows()])
+    own_avg = own_averaging()
+    own = np.array([own_avg[i] for _, i in cols.iter_rows()])
     mi_p, mi_b = bs.micro()
     ma_p, ma_b = bs.macro()
     own_p = np.where(own == "micro", mi_p, ma_p)
@@ -308,7 +312,7 @@ def compute(pred: pl.DataFrame, seed: int = 0, n_boot: int = 1000, level: float 
             "rank": rank_p, "rank_lo": r_lo, "rank_hi": r_hi, "p_best": p_best,
         }),
     ], how="horizontal")
-    order = {i: k for k, i in enumerate(IMPL_ORDER)}
+    order = {i: k for k, i in enumerate(order_all)}
     scores = (scores.with_columns(_o=pl.col("implementation").replace_strict(order))
               .sort("model", "_o").drop("_o"))
     ranks = (scores.select("implementation", "model", "rank", "rank_lo", "rank_hi", "p_best",

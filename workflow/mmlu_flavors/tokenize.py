@@ -1,31 +1,33 @@
 """Each flavor's token rule: the exact id sequences its reference code feeds the model.
 
 A prompt row becomes a `Request`: the context ids (after the flavor's too-long policy) and
-eight scored continuations, " A".." D" then " " + each choice text, encoded the way that
-flavor's reference encodes continuations. Every flavor's cache holds both families, so any
-scorer can be applied to any prompt flavor.
+eight scored continuations (the definition's letter family, " A".." D" for the four plain
+flavors, then its text family, " " + each choice text), encoded the way that flavor's
+reference encodes continuations. Every flavor's cache holds both families, so any scorer can
+be applied to any prompt flavor. The rule is read from the flavor's definition
+(flavors.yaml: `chat`, `special_tokens`, `encoding`, `too_long`, `continuations`):
 
 | flavor | special tokens | continuation encoding | too long |
 |---|---|---|---|
-| original | default (BOS if the tokenizer adds one) | joint, context exactly `tokenizer(prompt)` | drop last shot while > 2048 tokens |
-| helm | default | joint, context exactly `tokenizer(prompt)` | drop last shot while tokens(no special) + 1 > max length, then cut right |
+| original | default (BOS if the tokenizer adds one) | literal: context exactly `tokenizer(prompt)` | drop last shot while > 2048 tokens |
+| helm | default | literal | drop last shot while tokens(no special) + 1 > max length, then cut right |
 | harness_e47e01b | none | separate | left-truncate (ctx + cont)[-(L+1):][:-1] |
-| harness_current | default, as lm-eval 0.4.13 (BOS where the tokenizer adds one) | joint (trailing context whitespace moves into the continuation) | left-truncate |
-| lighteval_mcf | default on the context (a trailing EOS dropped), none on continuations | separate (trailing context whitespace moves into the continuation) | left-truncate to max length - 1 |
-| lighteval_mmlu | default, context exactly `tokenizer(prompt)` | joint, as original/helm | none; greedy generation of 5 tokens |
+| harness_current | lmeval: default, as lm-eval 0.4.13 (BOS where the tokenizer adds one) | joint (trailing context whitespace moves into the continuation) | left-truncate |
+| lighteval_mmlu | default | literal; generates 5 greedy tokens | none |
+| lighteval_mcf | default on the context (a trailing EOS dropped), none on continuations | pairwise (trailing context whitespace moves into the continuation) | left-truncate keeping the last token: (ctx + cont)[-L:] |
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .flavors import LETTERS
+from .flavors import LETTERS, Flavor, get_flavor
 from .prompts import assemble
 
 ORIGINAL_MAX_TOKENS = 2048  # hard-coded in hendrycks/test evaluate_hf.py
 NO_LIMIT = 1 << 40
-LIGHTEVAL_GENERATION_SIZE = 5  # lighteval|mmlu generation_size
 
 
 @dataclass(frozen=True)
@@ -87,79 +89,135 @@ def encode_pair_joint(tokenizer: Any, context: str, continuation: str,
 
 
 def scored_strings(choices: list[str]) -> list[str]:
-    """The eight continuations every cache row scores: letters, then answer texts."""
+    """The eight continuations of the four plain flavors: " A".." D", then " " + each text."""
     return [" " + L for L in LETTERS] + [" " + c for c in choices]
 
 
-def _shots_that_fit(row: dict, fits) -> tuple[int, str]:
+class ChatTemplateError(ValueError):
+    """A chat flavor on a tokenizer without a chat template."""
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_messages(row: dict, n_shots: int, mode: str) -> list[dict[str, str]]:
+    """lm-eval 0.4.13 `fewshot_context` messages: system = the header (description) when
+    non-empty; multiturn: one user (example) / assistant (answer) turn per shot, then the test
+    example; singleturn: one user message with the plain shots and the test example."""
+    msgs = [{"role": "system", "content": row["header"]}] if row["header"] else []
+    if mode == "multiturn":
+        for q, a in zip(row["shot_queries"][:n_shots], row["shot_answers"][:n_shots]):
+            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        msgs.append({"role": "user", "content": row["test_block"]})
+    else:
+        msgs.append({"role": "user",
+                     "content": "".join(row["shots"][:n_shots]) + row["test_block"]})
+    return msgs
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]], flavor: str = "") -> str:
+    """lm-eval HFLM.apply_chat_template: the tokenizer's template with a generation prompt;
+    a template that rejects the system role is retried without it."""
+    if not has_chat_template(tokenizer):
+        raise ChatTemplateError(
+            f"flavor {flavor!r} renders prompts with the tokenizer's chat template, but "
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has none (a base model); "
+            "leave this flavor out for this model")
+    import jinja2
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=True,
+                                             continue_final_message=False)
+    except jinja2.exceptions.TemplateError:
+        rest = [m for m in messages if m["role"] != "system"]
+        return tokenizer.apply_chat_template(rest, tokenize=False, add_generation_prompt=True,
+                                             continue_final_message=False)
+
+
+def _prompt_at(row: dict, fl: Flavor, tokenizer: Any) -> Callable[[int], str]:
+    """The prompt text with the first n shots, as this flavor renders it."""
+    if fl.chat == "none":
+        return lambda n: assemble(row["header"], row["shots"], row["test_block"], n)
+    return lambda n: render_chat(tokenizer, chat_messages(row, n, fl.chat), fl.name)
+
+
+def _special(rule: str, tokenizer: Any, text: str) -> bool:
+    if rule == "lmeval":
+        return harness_current_special(tokenizer, text)
+    return rule == "default"
+
+
+def tokenize_row(row: dict, tokenizer: Any, max_length: int,
+                 flavor: Flavor | None = None) -> Tokenized:
+    """Apply the row's flavor token rule (its definition's `chat`, `special_tokens`,
+    `too_long`, `encoding`, `continuations`) with this tokenizer."""
+    fl = flavor or get_flavor(row["flavor"])
+    spec = fl.spec
+    conts = fl.cache_continuations(list(row["choices"]))
+    prompt_at = _prompt_at(row, fl, tokenizer)
     n = len(row["shots"])
-    prompt = assemble(row["header"], row["shots"], row["test_block"], n)
-    while n > 0 and not fits(prompt):
-        n -= 1
-        prompt = assemble(row["header"], row["shots"], row["test_block"], n)
-    return n, prompt
+    prompt = row["prompt"] if fl.chat == "none" else prompt_at(n)
+    truncated = False
+    drop = spec["too_long"]["drop_shots"]
+    if drop is not None:
+        limit = max_length if drop["max_tokens"] == "model" else int(drop["max_tokens"])
+        count_special, reserve = drop.get("special_tokens", True), drop.get("reserve", 0)
 
+        def fits(p: str) -> bool:
+            return len(encode(tokenizer, p, count_special)) + reserve <= limit
 
-def tokenize_row(row: dict, tokenizer: Any, max_length: int) -> Tokenized:
-    """Apply the row's flavor token rule (see the module table) with this tokenizer."""
-    flavor = row["flavor"]
-    conts = scored_strings(list(row["choices"]))
-    if flavor == "original":
-        n, prompt = _shots_that_fit(
-            row, lambda p: len(encode(tokenizer, p, True)) <= ORIGINAL_MAX_TOKENS)
+        while n > 0 and not fits(prompt):
+            n -= 1
+            prompt = prompt_at(n)
         truncated = n < len(row["shots"])
-        return _literal(tokenizer, prompt, conts, NO_LIMIT, n, truncated)
-    if flavor == "helm":
-        n, prompt = _shots_that_fit(
-            row, lambda p: len(encode(tokenizer, p, False)) + 1 <= max_length)
-        truncated = n < len(row["shots"])
-        ids = encode(tokenizer, prompt, False)
-        if len(ids) + 1 > max_length:  # no shots left: HELM cuts the text from the right
-            prompt = tokenizer.decode(ids[: max_length - 1])
-            truncated = True
-        return _literal(tokenizer, prompt, conts, NO_LIMIT, n, truncated)
-    if flavor == "harness_e47e01b":
-        prompt = row["prompt"]
-        ctx = encode(tokenizer, prompt, False) or [tokenizer.eos_token_id]
+        if spec["too_long"]["then"] == "cut_right":
+            ids = encode(tokenizer, prompt, count_special)
+            if len(ids) + reserve > limit:  # no shots left: HELM cuts the text from the right
+                prompt = tokenizer.decode(ids[: limit - reserve])
+                truncated = True
+    then = spec["too_long"]["then"]
+    feed_limit = {"left_truncate": max_length,
+                  "left_truncate_keep_last": max_length - 1}.get(then, NO_LIMIT)
+    special = _special(spec["special_tokens"], tokenizer, prompt)
+    encoding = spec["encoding"]
+    if encoding == "literal":
+        t = _literal(tokenizer, prompt, conts, special, feed_limit, n, truncated)
+    elif encoding == "separate":
+        ctx = encode(tokenizer, prompt, special) or [tokenizer.eos_token_id]
         cont_ids = [encode(tokenizer, c, False) for c in conts]
-        return _finish(ctx, cont_ids, max_length, len(row["shots"]), False, prompt)
-    if flavor == "harness_current":
-        special = harness_current_special(tokenizer, row["prompt"])
-        return _joint(tokenizer, row["prompt"], conts, special, max_length,
-                      len(row["shots"]), False)
-    if flavor == "lighteval_mcf":
-        return _lighteval_pairwise(tokenizer, row["prompt"], conts, max_length - 1,
-                                   len(row["shots"]))
-    if flavor == "lighteval_mmlu":
-        t = _literal(tokenizer, row["prompt"], conts, NO_LIMIT, len(row["shots"]), False)
-        return Tokenized(replace(t.request, generate=LIGHTEVAL_GENERATION_SIZE),
-                         t.n_shots, t.truncated, t.prompt)
-    raise ValueError(f"no token rule for flavor {flavor!r}")
+        t = _finish(ctx, cont_ids, feed_limit, n, truncated, prompt)
+    elif encoding == "pairwise":
+        t = _pairwise(tokenizer, prompt, conts, special, feed_limit, n, truncated)
+    else:
+        t = _joint(tokenizer, prompt, conts, special, feed_limit, n, truncated)
+    if fl.generate:
+        t = Tokenized(replace(t.request, generate=fl.generate), t.n_shots, t.truncated, t.prompt)
+    return t
 
 
-def _lighteval_pairwise(tokenizer: Any, prompt: str, conts: list[str], max_length: int,
-                        n_shots: int) -> Tokenized:
-    """lighteval 0.13 `tok_encode_pair(..., pairwise=True)`, as `TransformersModel`
-    always calls it when scoring: trailing context whitespace moves into each continuation;
-    context = tokenizer(context) with default special tokens, minus a trailing EOS;
-    continuation = tokenizer(continuation) without special tokens. The model input is
-    (context + continuation)[-model_max_length:], i.e. our `max_length` is that minus one."""
+def _pairwise(tokenizer: Any, prompt: str, conts: list[str], special: bool, max_length: int,
+              n_shots: int, truncated: bool) -> Tokenized:
+    """lighteval 0.13 `tok_encode_pair(..., pairwise=True)`, which `TransformersModel` always
+    uses when scoring: trailing context whitespace moves into each continuation; context =
+    tokenizer(context) with the special-token rule, minus a trailing EOS; continuation =
+    tokenizer(continuation) without special tokens."""
     n_spaces = len(prompt) - len(prompt.rstrip())
-    context = prompt[:-n_spaces] if n_spaces else prompt
-    conts = [prompt[len(context):] + c for c in conts]
-    ctx = encode(tokenizer, context, True)
+    context = prompt[:len(prompt) - n_spaces]
+    ctx = encode(tokenizer, context, special)
     if ctx and ctx[-1] == tokenizer.eos_token_id:
         ctx = ctx[:-1]
-    cont_ids = [encode(tokenizer, c, False) for c in conts]
-    return _finish(ctx, cont_ids, max_length, n_shots, False, prompt)
+    cont_ids = [encode(tokenizer, prompt[len(context):] + c, False) for c in conts]
+    return _finish(ctx, cont_ids, max_length, n_shots, truncated, prompt)
 
 
-def _literal(tokenizer: Any, prompt: str, conts: list[str], max_length: int,
+def _literal(tokenizer: Any, prompt: str, conts: list[str], special: bool, max_length: int,
              n_shots: int, truncated: bool) -> Tokenized:
     """Context exactly as `tokenizer(prompt)` (default special tokens), as original and HELM
     feed it; continuations are the extra ids of `tokenizer(prompt + continuation)`."""
-    ctx = encode(tokenizer, prompt, True)
-    cont_ids = [encode(tokenizer, prompt + c, True)[len(ctx):] for c in conts]
+    ctx = encode(tokenizer, prompt, special)
+    cont_ids = [encode(tokenizer, prompt + c, special)[len(ctx):] for c in conts]
     return _finish(ctx, cont_ids, max_length, n_shots, truncated, prompt)
 
 

@@ -13,6 +13,7 @@ rule logits:
         subjects=lambda wc: ",".join(SHARDS[wc.shard]),
         n=N_PER_SUBJECT or 0,
         model_dir=lambda wc: model_dir(wc.model) or "",
+        flavor_defs=lambda wc: flavor_defs([wc.flavor]),
     wildcard_constraints:
         flavor="|".join(FLAVORS),
         selection=r"all|first\d+",
@@ -35,4 +36,5 @@ rule logits:
         "OMP_NUM_THREADS={threads} {PY} logits --prompts {input.prompts:q} "
         "--flavor {wildcards.flavor:q} --model-name {params.name:q} --entry {params.entry:q} "
         "--model-dir={params.model_dir:q} --subjects {params.subjects:q} "
-        "--questions-per-subject {params.n} --out {output:q} 2> {log:q}"
+        "--questions-per-subject {params.n} --flavor-defs {params.flavor_defs:q} "
+        "--out {output:q} 2> {log:q}"

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mmlu_flavors.data import SUBJECTS
+from mmlu_flavors import flavors as _flavors
 from mmlu_flavors.models import slugify
 
 ENV = "../../envs/mmlu-flavors.yaml"
@@ -22,7 +23,25 @@ def _fail(msg):
     raise WorkflowError(f"config error: {msg}")
 
 
+# custom flavors (config custom_flavors: a base flavor plus the keys that differ)
+try:
+    _CUSTOM = _flavors.register_all(config.get("custom_flavors") or {})
+except ValueError as _e:
+    _fail(f"custom_flavors: {_e}")
 FLAVORS = list(config["flavors"])
+for _f in FLAVORS:
+    if _f not in _flavors.FLAVORS:
+        _fail(f"flavors: {_f!r} is neither a built-in flavor nor in custom_flavors "
+              f"(known: {', '.join(_flavors.FLAVORS)})")
+
+
+def flavor_defs(names=None):
+    """Resolved custom flavor definitions as JSON for the CLI's --flavor-defs (built-ins are
+    read from the package). Only the named flavors, so a change to one custom flavor reruns
+    only its own jobs."""
+    return _flavors.definitions_json([f for f in (names or FLAVORS) if f in _CUSTOM])
+
+
 REGISTRY = config["model_registry"]
 for _name in config["models"]:
     if _name not in REGISTRY:

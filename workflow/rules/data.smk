@@ -29,6 +29,7 @@ rule prompts:
         "data/prompts/{flavor}.parquet",
     params:
         num_fewshot=config.get("num_fewshot", 5),
+        flavor_defs=lambda wc: flavor_defs([wc.flavor]),
     wildcard_constraints:
         flavor="|".join(FLAVORS),
     conda:
@@ -40,4 +41,5 @@ rule prompts:
         "logs/prompts/{flavor}.log",
     shell:
         "{PY} prompts --questions {input:q} --flavor {wildcards.flavor:q} "
-        "--num-fewshot {params.num_fewshot} --out {output:q} 2> {log:q}"
+        "--num-fewshot {params.num_fewshot} --flavor-defs {params.flavor_defs:q} "
+        "--out {output:q} 2> {log:q}"

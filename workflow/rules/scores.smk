@@ -16,6 +16,8 @@ rule predictions:
         cache_shards(),
     output:
         "reports/predictions.parquet",
+    params:
+        flavor_defs=lambda wc: flavor_defs(),
     conda:
         ENV
     resources:
@@ -24,7 +26,8 @@ rule predictions:
     log:
         "logs/predictions.log",
     shell:
-        "{PY} predictions --out {output:q} {input:q} 2> {log:q}"
+        "{PY} predictions --flavor-defs {params.flavor_defs:q} --out {output:q} {input:q} "
+        "2> {log:q}"
 
 
 rule report:
@@ -43,6 +46,7 @@ rule report:
         hub_ids=json.dumps({n: REGISTRY[n].get("hub_id", "") for n in config["models"]}),
         seed=config.get("bootstrap_seed", 0),
         samples=config.get("bootstrap_samples", 1000),
+        flavor_defs=lambda wc: flavor_defs(),
     conda:
         ENV
     resources:
@@ -53,4 +57,5 @@ rule report:
     shell:
         "{PY} report --predictions {input:q} --out-dir reports "
         "--blog-csv={params.blog_csv:q} --hub-ids {params.hub_ids:q} "
-        "--seed {params.seed} --samples {params.samples} 2> {log:q}"
+        "--seed {params.seed} --samples {params.samples} --flavor-defs {params.flavor_defs:q} "
+        "2> {log:q}"
