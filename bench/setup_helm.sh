@@ -27,7 +27,7 @@ pip=("$VENV/bin/python" -m pip install --disable-pip-version-check --progress-ba
 "${pip[@]}" --no-deps "crfm-helm==$HELM_VERSION"
 "${pip[@]}" "cattrs~=22.2" "colorlog~=6.9" "dacite~=1.6" "pyhocon~=0.3.59" "ubelt~=1.3" \
   "retrying~=1.3" "tqdm~=4.64" "sqlitedict>=2.1.0,<3.0" "zstandard" "numpy" "pyyaml" "Mako~=1.2" \
-  "polars" "pyarrow"
+  "polars" "pyarrow" "filelock" "requests" "transformers==5.24.0" "tokenizers"
 "$VENV/bin/python" -c "
 from helm.benchmark.scenarios.mmlu_scenario import MMLUScenario
 from helm.benchmark.adaptation.adapters.multiple_choice_joint_adapter import MultipleChoiceJointAdapter
