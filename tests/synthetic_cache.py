@@ -49,6 +49,7 @@ def cache_row(
     gold: int = 0,
     letter_logprobs: Sequence[float | None] = (-0.5, -1.5, -2.0, -3.0),
     greedy_text: str | None = " A",
+    gen_text: str | None = None,
     letter_cont_sum: Sequence[float | None] = (-0.7, -1.7, -2.2, -3.2),
     text_cont_sum: Sequence[float | None] = (-5.0, -6.0, -7.0, -8.0),
     choices: Sequence[str] = ("alpha", "beta", "gamma", "delta"),
@@ -72,6 +73,7 @@ def cache_row(
         "text_cont_greedy": tc["greedy"], "text_cont_sum": list(text_cont_sum),
         "choice_chars": list(choice_chars) if choice_chars is not None else [len(c) for c in choices],
         "choices": list(choices),
+        "gen_ids": [] if gen_text is None else [7, 8, 9, 10, 11], "gen_text": gen_text,
     }
     unknown = set(overrides) - set(CACHE_SCHEMA)
     if unknown:

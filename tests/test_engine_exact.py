@@ -279,3 +279,30 @@ def test_take_packs_short_rows_into_bins():
     assert _take(rows, 3, 20) == (6, [[3], [4], [5]])  # width 3: each 3 fills a bin
     assert _take(rows, 0, 5) == (1, [[0]])  # a row wider than the budget runs alone
     assert _take(rows, 0, 1000) == (6, [[0], [1, 2], [3, 4, 5]])
+
+
+def test_greedy_generation_equals_hf_generate(model_and_requests):
+    """`Request.generate` (lighteval_mmlu's 5 greedy tokens): fast (context cache reused,
+    sliding window included) == naive == transformers' own greedy `generate`; the planned
+    token count still matches what run_fast runs."""
+    from dataclasses import replace
+
+    from mmlu_flavors.engine import planned_tokens
+
+    model, requests = model_and_requests
+    # request 5 needs left truncation: the naive path generates there
+    reqs = [replace(r, generate=5) for r in requests[:4]] + [requests[4],
+                                                              replace(requests[5], generate=5)]
+    naive = run_naive(model, reqs, LETTER_IDS)
+    stats = EngineStats()
+    fast = run_fast(model, reqs, LETTER_IDS, batch_size=3, progress=False, stats=stats)
+    assert planned_tokens(reqs, 3) == (stats.tokens, stats.naive_fallbacks)
+    assert fast[4].gen_ids == naive[4].gen_ids == []
+    assert stats.naive_fallbacks == 1 and fast[5].gen_ids == naive[5].gen_ids
+    assert len(fast[5].gen_ids) == 5
+    for f, n, r in zip(fast[:4], naive, reqs):
+        ids = torch.tensor([r.context[-r.max_length:]])
+        hf = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5,
+                            min_new_tokens=5, do_sample=False, pad_token_id=0)
+        assert n.gen_ids == hf[0, ids.shape[1]:].tolist()
+        assert f.gen_ids == n.gen_ids and f.gen_ids[0] == f.greedy_id

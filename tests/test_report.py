@@ -9,7 +9,7 @@ import pytest
 from synthetic_cache import synthetic_cache
 
 from mmlu_flavors import report
-from mmlu_flavors.reduce import predictions
+from mmlu_flavors.reduce import IMPLEMENTATIONS, predictions
 
 BLOG = Path(__file__).resolve().parents[1] / "resources" / "blog" / "mmlu_scores.csv"
 BLOG_ROWS = """model,hub_id,helm,harness,original
@@ -53,12 +53,13 @@ def test_write_all_files(tmp_path, blog_csv):
             assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "matrix_tiny-model-a.png").exists()
     scores = pl.read_csv(out / "scores.csv")
-    assert scores.height == 2 * 5
+    assert scores.height == 2 * len(IMPLEMENTATIONS)  # every built-in implementation
     assert {"model", "implementation", "averaging", "score", "score_lo", "score_hi", "micro",
             "macro", "rank"} <= set(scores.columns)
     own = dict(scores.select("implementation", "averaging").unique().iter_rows())
     assert own == {"original": "micro", "harness_current": "micro", "helm": "macro",
-                   "harness (acc)": "macro", "harness acc_norm": "macro"}
+                   "harness (acc)": "macro", "harness acc_norm": "macro",
+                   "lighteval": "macro", "lighteval MCF": "macro"}
     md = (out / "scores.md").read_text()
     assert "| model-b |" in md and "helm (macro)" in md and "30 test questions" in md
     blog = (out / "blog_comparison.md").read_text()

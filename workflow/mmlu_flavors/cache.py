@@ -53,6 +53,7 @@ CACHE_SCHEMA = {
     "text_cont_greedy": pl.List(pl.List(pl.Boolean)),
     "text_cont_sum": pl.List(pl.Float64),
     "choice_chars": pl.List(pl.Int64), "choices": pl.List(pl.String),
+    "gen_ids": pl.List(pl.Int64), "gen_text": pl.String,
 }
 # the view columns that come from tokenizing the prompt row, not from the model
 _ROW_COLUMNS = ("model", "flavor", "subject", "index", "gold", "prompt_sha256", "n_shots",
@@ -67,6 +68,19 @@ DEFAULT_CHECKPOINT_QUESTIONS = 256
 DEFAULT_CHECKPOINT_SECONDS = 300.0
 
 
+def generated_text(tokenizer: Any, ids: list[int]) -> str | None:
+    """The text of a greedy generation as lighteval 0.13 returns it: tokens after the first
+    EOS dropped (generation stops there), decoded without special tokens, cut at the EOS
+    string. None when nothing was generated. Stop sequences are the scorer's business."""
+    if not ids:
+        return None
+    eos = tokenizer.eos_token_id
+    if eos in ids:
+        ids = ids[:ids.index(eos) + 1]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return text.split(tokenizer.eos_token)[0] if tokenizer.eos_token else text
+
+
 class CacheIdentityError(ValueError):
     """Cached values that belong to another model, tokenizer, dtype or prompt set."""
 
@@ -77,12 +91,10 @@ def input_key(request: Any, letter_ids: list[int | None]) -> str:
     """SHA-256 of one exact model input: what the engine computes depends on nothing else
     (given the model fingerprint of the store directory). The max length counts only where it
     cuts the input, so changing it recomputes exactly the questions it affects."""
-    longest = max((len(c) for c in request.continuations), default=0)
-    cut = (len(request.context) + longest > request.max_length + 1
-           or len(request.context) > request.max_length)  # engine: left truncation
-    limit = request.max_length if cut else None
+    limit = request.max_length if request.needs_truncation() else None
     return sha256_text(json.dumps([STORE_FORMAT, request.context, request.continuations,
-                                   limit, letter_ids], separators=(",", ":")))
+                                   limit, letter_ids, request.generate],
+                                  separators=(",", ":")))
 
 
 def prompt_key(row: dict[str, Any], max_length: Any) -> str:
@@ -211,6 +223,7 @@ def _output_rows(tokenized: list, results: list, keys: list[str], pkeys: list[st
         "letter_cont_greedy": res.token_is_greedy[:4], "letter_cont_sum": res.sums[:4],
         "text_cont_logprobs": res.token_logprobs[4:],
         "text_cont_greedy": res.token_is_greedy[4:], "text_cont_sum": res.sums[4:],
+        "gen_ids": res.gen_ids, "gen_text": generated_text(tokenizer, res.gen_ids),
     } for k, pk, i, res in zip(keys, pkeys, indices, results)], schema=STORE_SCHEMA)
 
 

@@ -52,6 +52,7 @@ class EngineResult:
     token_logprobs: list[list[float]]  # per continuation, per token
     token_is_greedy: list[list[bool]]
     sums: list[float]  # per continuation; 0.0 for an empty one
+    gen_ids: list[int] = field(default_factory=list)  # greedy generation (request.generate)
 
 
 @dataclass
@@ -106,10 +107,11 @@ def _score(lp: torch.Tensor, cont: Sequence[int]) -> tuple[list[float], list[boo
     return vals, greedy, float(sum(vals))
 
 
-def _result(answer: dict[str, Any], scores: list[tuple[list[float], list[bool], float]]
-            ) -> EngineResult:
+def _result(answer: dict[str, Any], scores: list[tuple[list[float], list[bool], float]],
+            gen_ids: list[int] | None = None) -> EngineResult:
     return EngineResult(**answer, token_logprobs=[s[0] for s in scores],
-                        token_is_greedy=[s[1] for s in scores], sums=[s[2] for s in scores])
+                        token_is_greedy=[s[1] for s in scores], sums=[s[2] for s in scores],
+                        gen_ids=list(gen_ids or []))
 
 
 def _naive_one(model: Any, r: Request, letter_ids: Sequence[int | None],
@@ -122,6 +124,14 @@ def _naive_one(model: Any, r: Request, letter_ids: Sequence[int | None],
     stats.head_positions += len(ctx_in)
     stats.forwards += 1
     stats.forward_tokens.append(len(ctx_in))
+    gen = [answer["greedy_id"]] if r.generate > 0 else []
+    while 0 < len(gen) < r.generate:  # greedy decoding, one full forward per token
+        inp = (list(r.context) + gen)[-r.max_length:]
+        gen.append(int(torch.argmax(model(_ids(inp, dev)).logits[0, -1].float())))
+        stats.tokens += len(inp)
+        stats.head_positions += len(inp)
+        stats.forwards += 1
+        stats.forward_tokens.append(len(inp))
     scores = []
     for cont in r.continuations:
         if not cont:
@@ -138,7 +148,7 @@ def _naive_one(model: Any, r: Request, letter_ids: Sequence[int | None],
         stats.head_positions += len(inp)
         stats.forwards += 1
         stats.forward_tokens.append(len(inp))
-    return _result(answer, scores)
+    return _result(answer, scores, gen)
 
 
 def run_naive(model: Any, requests: Sequence[Request], letter_ids: Sequence[int | None],
@@ -158,8 +168,7 @@ def run_naive(model: Any, requests: Sequence[Request], letter_ids: Sequence[int 
 # ---------------------------------------------------------------- fast path
 
 def _needs_truncation(r: Request) -> bool:
-    longest = max((len(c) for c in r.continuations), default=0)
-    return len(r.context) + longest > r.max_length + 1 or len(r.context) > r.max_length
+    return r.needs_truncation()
 
 
 def _lcp(a: Sequence[int], b: Sequence[int], limit: int) -> int:
@@ -311,7 +320,19 @@ class _Fast:
             else:
                 rows_lp = lp[:len(cont)]
             scores.append(_score(rows_lp, cont))
-        return _result(answer, scores)
+        return _result(answer, scores, self.generate(r, cache, answer["greedy_id"]))
+
+    def generate(self, r: Request, cache: Any, first: int) -> list[int]:
+        """Greedy decoding of `r.generate` tokens on a copy of the context cache."""
+        if r.generate <= 0:
+            return []
+        gen, gcache = [first], None
+        while len(gen) < r.generate:
+            gcache = gcache if gcache is not None else _copy_cache(cache)
+            h = self.forward([[gen[-1]]], gcache)[0, -1:]
+            self.stats.head_positions += 1
+            gen.append(int(torch.argmax(_head(self.model, h)[0].float())))
+        return gen
 
 
 # ------------------------------------------------- batched path (many questions per forward)
@@ -692,6 +713,13 @@ def planned_tokens(requests: Sequence[Request], batch_size: int = 8,
     model: padding included, no out-of-memory back-off. `max_batch_tokens` None means
     `device`'s default (cluster jobs run on GPUs). Used to size cluster jobs. In batched
     mode truncated requests are batched too; the count is those requests."""
+    if mode == "batched" and any(r.generate > 0 for r in requests):
+        gen, rest = _split_generating(requests)
+        a = planned_tokens([requests[i] for i in rest], batch_size, min_prefix,
+                           max_batch_tokens, "batched", device)
+        b = planned_tokens([requests[i] for i in gen], batch_size, min_prefix,
+                           max_batch_tokens, "per_question", device)
+        return a[0] + b[0], a[1] + b[1]
     if mode == "batched":
         budget = max_batch_tokens or default_max_batch_tokens(device)
         accs = [_Acc(r, [None]) for r in requests]
@@ -716,16 +744,24 @@ def planned_tokens(requests: Sequence[Request], batch_size: int = 8,
                 total += len(r.context[-r.max_length:])
                 total += sum(len((list(r.context) + list(c))[-(r.max_length + 1):][:-1])
                              for c in r.continuations if c)
+                total += sum(min(len(r.context) + i, r.max_length) for i in range(1, r.generate))
                 continue
             if prefix_len and not prefix_done:
                 total += prefix_len
                 prefix_done = True
             total += len(r.context) - (prefix_len if prefix_done else 0)
+            total += max(r.generate - 1, 0)
             rows = [len(c) - 1 for c in r.continuations if len(c) > 1]
             for s in range(0, len(rows), batch_size):
                 chunk = rows[s:s + batch_size]
                 total += len(chunk) * max(chunk)
     return total, fallbacks
+
+
+def _split_generating(requests: Sequence[Request]) -> tuple[list[int], list[int]]:
+    """Indices of requests that generate tokens (run per question) and of the others."""
+    gen = [i for i, r in enumerate(requests) if r.generate > 0]
+    return gen, [i for i, r in enumerate(requests) if r.generate <= 0]
 
 
 def _run_batched(model: Any, requests: Sequence[Request], letter_ids: Sequence[int | None],
@@ -801,7 +837,18 @@ def run_fast(model: Any, requests: Sequence[Request], letter_ids: Sequence[int |
     if mode == "batched":
         budget = max_batch_tokens or default_max_batch_tokens(_device(model))
         stats.extra.setdefault("max_batch_tokens", budget)
-        out = _run_batched(model, requests, letter_ids, stats, budget, min_prefix, progress)
+        gen, rest = _split_generating(requests)
+        out: list[EngineResult] = [None] * len(requests)  # type: ignore[list-item]
+        if rest:
+            for i, res in zip(rest, _run_batched(model, [requests[i] for i in rest],
+                                                 letter_ids, stats, budget, min_prefix,
+                                                 progress)):
+                out[i] = res
+        if gen:  # greedy generation decodes token by token: one question at a time
+            for i, res in zip(gen, _run_per_question(model, [requests[i] for i in gen],
+                                                     letter_ids, batch_size, stats,
+                                                     min_prefix)):
+                out[i] = res
     else:
         bar = tqdm(total=len(requests), unit="prompt", disable=not progress, desc="forward")
         out = _run_per_question(model, requests, letter_ids, batch_size, stats, min_prefix,

@@ -194,11 +194,56 @@ def shuffle_position_e47e01b(n_test: int, seed: int = 42) -> list[int]:
     return pos
 
 
-SAMPLERS: dict[str, Callable[[Sequence[Q], Sequence[Q], int, int], list[list[int]]]] = {
+def lighteval_balanced_sample(pool: Sequence[Q], k: int, label: Callable[[Q], str],
+                              seed: int = 0) -> list[int]:
+    """lighteval 0.13 `FewShotSampler._init_fewshot_sampling_balanced` (few_shots_select
+    None): HELM's label-balanced draw (`random.seed(seed)`; labels sorted, bucketed by size,
+    largest first, each bucket shuffled; cycle over the labels popping `randrange`), but it
+    draws k + 1 rows (a spare in case the evaluated doc is among them), once per subject, and
+    keeps the first k. A shot from `dev` never equals a test doc (their doc ids differ)."""
+    if k == 0:
+        return []
+    rnd = random.Random(seed)
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, q in enumerate(pool):
+        by_label[label(q)].append(i)
+    counts_to_labels: dict[int, list[str]] = defaultdict(list)
+    for lab, rows in sorted(by_label.items()):
+        counts_to_labels[len(rows)].append(lab)
+    ordered: list[str] = []
+    for count in sorted(counts_to_labels, reverse=True):
+        labels = counts_to_labels[count]
+        rnd.shuffle(labels)
+        ordered.extend(labels)
+    picked: list[int] = []
+    n_left = min(len(pool), k + 1)
+    labels_iter = cycle(ordered)
+    while n_left > 0:
+        lab = next(labels_iter, None)
+        if not lab:
+            break
+        rows = by_label[lab]
+        if not rows:
+            continue
+        picked.append(rows.pop(rnd.randrange(len(rows))))
+        n_left -= 1
+    return picked[:k]
+
+
+def shots_lighteval_balanced(test: Sequence[Q], pool: Sequence[Q], k: int, seed: int = 0,
+                             label: Callable[[Q], str] | None = None) -> list[list[int]]:
+    """lighteval draws once per subject: the same shots, same order, for every question."""
+    picked = lighteval_balanced_sample(pool, k, label or (lambda q: q.choices[q.answer]), seed)
+    return [picked for _ in test]
+
+
+SAMPLERS: dict[str, Callable[..., list[list[int]]]] = {
     "first_k": shots_first_k,
     "helm_balanced": shots_helm,
     "e47e01b_per_question": shots_harness_e47e01b,
+    "lighteval_balanced": shots_lighteval_balanced,
 }
+LABELED_SAMPLERS: frozenset[str] = frozenset({"lighteval_balanced"})  # take shots.label
 
 
 # --- templates --------------------------------------------------------------------------
@@ -214,11 +259,20 @@ def header_vars(subject: str) -> dict[str, str]:
             "subject_words": subject_original(subject)}
 
 
+def capitalized(text: str) -> str:
+    """lighteval's `capitalize(fix_ending_punct(text))` with its English literals: strip the
+    right end (English end punctuation maps to itself), upper-case the first character."""
+    text = text.rstrip()
+    return text[:1].upper() + text[1:]
+
+
 def example_vars(q: Q) -> dict[str, str]:
     """Variables of example and answer templates."""
     return {"question": q.question, "question_stripped": q.question.strip(),
             **dict(zip(LETTERS, q.choices)), "gold_letter": LETTERS[q.answer],
-            "gold_text": q.choices[q.answer], "first_correct_letter": _first_correct_letter(q)}
+            "gold_text": q.choices[q.answer], "first_correct_letter": _first_correct_letter(q),
+            "question_capitalized": capitalized(q.question),
+            **{f"{L}_capitalized": capitalized(c) for L, c in zip(LETTERS, q.choices)}}
 
 
 TEMPLATE_VARS: dict[str, tuple[str, ...]] = {
@@ -314,7 +368,22 @@ class Flavor:
 
     def select(self, test: Sequence[Q], pool: Sequence[Q], k: int) -> list[list[int]]:
         shots = self.spec["shots"]
+        if shots["sampler"] in LABELED_SAMPLERS:
+            return SAMPLERS[shots["sampler"]](test, pool, k, shots.get("seed", 0),
+                                              label=self.shot_label)
         return SAMPLERS[shots["sampler"]](test, pool, k, shots.get("seed", 0))
+
+    def shot_label(self, q: Q) -> str:
+        """A pool row's class for a balanced sampler: `shots.label` (an answer template), or
+        when that is empty the gold's own continuation (lighteval: `fewshot_sorting_class or
+        get_golds()[0]`)."""
+        label = self.spec["shots"].get("label", "").format_map(example_vars(q))
+        return label or self.continuations(q)[q.answer]
+
+    @property
+    def generate(self) -> int:
+        """Greedy tokens to generate after the context (0: none)."""
+        return int(self.spec.get("generate", 0))
 
     def _conts(self, key: str, choices: Sequence[str]) -> list[str]:
         t = self.spec["continuations"][key]
@@ -379,6 +448,11 @@ def validate_definition(name: str, defn: Mapping[str, Any]) -> None:
                           + (f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""))
     for key in ("header", "example", "answer"):
         _check_template(name, key, defn[key], TEMPLATE_VARS[key])
+    if "label" in defn["shots"]:
+        if defn["shots"]["sampler"] not in LABELED_SAMPLERS:
+            raise FlavorError(f"flavor {name!r}: shots.label: only used by "
+                              f"{', '.join(sorted(LABELED_SAMPLERS))}")
+        _check_template(name, "shots.label", defn["shots"]["label"], TEMPLATE_VARS["answer"])
     for key, t in defn["continuations"].items():
         _check_template(name, f"continuations.{key}", t, TEMPLATE_VARS["continuations"])
     if defn["chat"] != "none" and defn["too_long"]["then"] == "cut_right":

@@ -20,6 +20,7 @@ from mmlu_flavors.flavors import implementations as _implementations
 
 SCORERS: tuple[str, ...] = (
     "letter_argmax", "greedy_token", "loglik_acc", "loglik_acc_norm", "loglik_letter",
+    "greedy_em",
 )
 # the built-in flavors (flavors.yaml), in file order; custom flavors are added at run time
 # (flavors.register) and read through flavors.implementations()
@@ -121,12 +122,27 @@ def pred_loglik_acc_norm(cache: pl.DataFrame) -> pl.Series:
     return _argmax(normed, _any_null(cache, "text_cont_sum") | _any_null(cache, "choice_chars"))
 
 
+def _py_em_letter(text: str | None) -> int | None:
+    if text is None:
+        return None
+    pred = text.split("\n")[0].strip()  # lighteval|mmlu stop sequence "\n", then strip
+    return LETTERS.index(pred) if pred in LETTERS else None
+
+
+def pred_greedy_em(cache: pl.DataFrame) -> pl.Series:
+    """lighteval|mmlu exact_match: the greedy generation (`gen_text`) cut at the first
+    newline and stripped must be exactly A-D; else (or without a generation) pred null."""
+    return pl.Series("pred", [_py_em_letter(t) for t in cache["gen_text"].to_list()],
+                     dtype=pl.Int8)
+
+
 PRED_FUNCS: dict[str, Callable[[pl.DataFrame], pl.Series]] = {
     "letter_argmax": pred_letter_argmax,
     "greedy_token": pred_greedy_token,
     "loglik_acc": pred_loglik_acc,
     "loglik_acc_norm": pred_loglik_acc_norm,
     "loglik_letter": pred_loglik_letter,
+    "greedy_em": pred_greedy_em,
 }
 
 

@@ -13,12 +13,14 @@ be applied to any prompt flavor. The rule is read from the flavor's definition
 | helm | default | literal | drop last shot while tokens(no special) + 1 > max length, then cut right |
 | harness_e47e01b | none | separate | left-truncate (ctx + cont)[-(L+1):][:-1] |
 | harness_current | lmeval: default, as lm-eval 0.4.13 (BOS where the tokenizer adds one) | joint (trailing context whitespace moves into the continuation) | left-truncate |
+| lighteval_mmlu | default | literal; generates 5 greedy tokens | none |
+| lighteval_mcf | default on the context (a trailing EOS dropped), none on continuations | pairwise (trailing context whitespace moves into the continuation) | left-truncate keeping the last token: (ctx + cont)[-L:] |
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .flavors import LETTERS, Flavor, get_flavor
@@ -166,16 +168,39 @@ def tokenize_row(row: dict, tokenizer: Any, max_length: int,
             if len(ids) + reserve > limit:  # no shots left: HELM cuts the text from the right
                 prompt = tokenizer.decode(ids[: limit - reserve])
                 truncated = True
-    feed_limit = max_length if spec["too_long"]["then"] == "left_truncate" else NO_LIMIT
+    then = spec["too_long"]["then"]
+    feed_limit = {"left_truncate": max_length,
+                  "left_truncate_keep_last": max_length - 1}.get(then, NO_LIMIT)
     special = _special(spec["special_tokens"], tokenizer, prompt)
     encoding = spec["encoding"]
     if encoding == "literal":
-        return _literal(tokenizer, prompt, conts, special, feed_limit, n, truncated)
-    if encoding == "separate":
+        t = _literal(tokenizer, prompt, conts, special, feed_limit, n, truncated)
+    elif encoding == "separate":
         ctx = encode(tokenizer, prompt, special) or [tokenizer.eos_token_id]
         cont_ids = [encode(tokenizer, c, False) for c in conts]
-        return _finish(ctx, cont_ids, feed_limit, n, truncated, prompt)
-    return _joint(tokenizer, prompt, conts, special, feed_limit, n, truncated)
+        t = _finish(ctx, cont_ids, feed_limit, n, truncated, prompt)
+    elif encoding == "pairwise":
+        t = _pairwise(tokenizer, prompt, conts, special, feed_limit, n, truncated)
+    else:
+        t = _joint(tokenizer, prompt, conts, special, feed_limit, n, truncated)
+    if fl.generate:
+        t = Tokenized(replace(t.request, generate=fl.generate), t.n_shots, t.truncated, t.prompt)
+    return t
+
+
+def _pairwise(tokenizer: Any, prompt: str, conts: list[str], special: bool, max_length: int,
+              n_shots: int, truncated: bool) -> Tokenized:
+    """lighteval 0.13 `tok_encode_pair(..., pairwise=True)`, which `TransformersModel` always
+    uses when scoring: trailing context whitespace moves into each continuation; context =
+    tokenizer(context) with the special-token rule, minus a trailing EOS; continuation =
+    tokenizer(continuation) without special tokens."""
+    n_spaces = len(prompt) - len(prompt.rstrip())
+    context = prompt[:len(prompt) - n_spaces]
+    ctx = encode(tokenizer, context, special)
+    if ctx and ctx[-1] == tokenizer.eos_token_id:
+        ctx = ctx[:-1]
+    cont_ids = [encode(tokenizer, prompt[len(context):] + c, False) for c in conts]
+    return _finish(ctx, cont_ids, max_length, n_shots, truncated, prompt)
 
 
 def _literal(tokenizer: Any, prompt: str, conts: list[str], special: bool, max_length: int,
