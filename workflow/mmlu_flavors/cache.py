@@ -240,6 +240,20 @@ def _view_rows(model_name: str, rows: list[dict], tokenized: list, keys: list[st
         schema={"input_key": pl.String, **{c: CACHE_SCHEMA[c] for c in _ROW_COLUMNS}})
 
 
+def rows_from_results(model_name: str, prompt_rows: list[dict], tokenized: list,
+                      results: list, letter_ids: list[int | None],
+                      tokenizer: Any) -> pl.DataFrame:
+    """View rows (`CACHE_SCHEMA`) straight from engine results, in prompt-row order, without
+    a store (comparison scripts and tests that run the engine themselves)."""
+    keys = [str(i) for i in range(len(prompt_rows))]
+    out = _output_rows(tokenized, results, keys, keys, [r["index"] for r in prompt_rows],
+                       letter_ids, tokenizer)
+    return (_view_rows(model_name, prompt_rows, tokenized, keys)
+            .join(out.drop("prompt_key", "index"), on="input_key", how="left",
+                  maintain_order="left")
+            .select(list(CACHE_SCHEMA)))
+
+
 def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
                  model_dir: str | Path | None, flavor: str, subjects: list[str],
                  questions_per_subject: int | None, out_path: str | Path,
