@@ -33,7 +33,8 @@ from typing import Any
 
 import polars as pl
 
-from .io import atomic_write_parquet, atomic_write_text, read_meta, sha256_text
+from .io import (atomic_write_parquet, atomic_write_text, read_meta, read_parquet_checked,
+                 sha256_text)
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,8 @@ class Store:
         for path in self.segments(flavor, subject):
             if not self._check(path, flavor):
                 continue
-            try:
-                frames.append(pl.read_parquet(path, columns=columns))
+            try:  # page checksums: also catches changed bytes polars alone would read
+                frames.append(read_parquet_checked(path).select(columns or list(STORE_SCHEMA)))
             except Exception as e:
                 self._quarantine(path, f"is damaged ({type(e).__name__})")
         if not frames:
@@ -520,7 +521,7 @@ def read_shards(paths: list[Path | str]) -> pl.DataFrame:
     seen: dict[str, tuple[str, Path]] = {}  # model -> (identity, first file)
     frames = []
     for p in map(Path, paths):
-        df = pl.read_parquet(p)
+        df = read_parquet_checked(p)  # a damaged view is named, never reduced
         ident = _model_identity(read_meta(p))
         for model in df.get_column("model").unique().sort().to_list():
             if model in seen and seen[model][0] != ident:

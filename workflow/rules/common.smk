@@ -41,8 +41,17 @@ for _f in FLAVORS:
 # (rendered, run and reduced like any other, into reports/attribution_variants.parquet)
 from mmlu_flavors import attribution as _attr
 
-ATTR_PAIRS = [list(p) for p in config.get("attribution_pairs", _attr.DEFAULT_PAIRS)]
 ATTR_ORDER = list(config.get("attribution_order", _attr.DEFAULT_ORDER))
+if "attribution_pairs" in config:  # explicit pairs must be runnable: an error names them
+    ATTR_PAIRS = [list(p) for p in config["attribution_pairs"]]
+else:  # the default pairs where this run has their flavors
+    ATTR_PAIRS = []
+    for _p in _attr.DEFAULT_PAIRS:
+        try:
+            _attr.variant_definitions([list(_p)], ATTR_ORDER, "none", FLAVORS)
+            ATTR_PAIRS.append(list(_p))
+        except ValueError:
+            pass
 try:
     VARIANTS = _attr.variant_definitions(ATTR_PAIRS, ATTR_ORDER,
                                          config.get("attribution_variants", "walk"), FLAVORS)
@@ -179,6 +188,7 @@ def _cache_plan():
     prompt table or the model's identity is not known yet. Printed, and a job with nothing
     to compute asks for no GPU."""
     from mmlu_flavors import cache as _cache
+    from mmlu_flavors import checks as _checks
     from mmlu_flavors import models as _models
 
     plan, questions = {}, Path("data/questions.parquet")
@@ -201,7 +211,11 @@ def _cache_plan():
                     plan[(slug, flavor, shard)] = None
                     continue
                 if prompts is None:
-                    prompts = pl.read_parquet(prompts_path)
+                    try:
+                        prompts = _checks.read_prompts(prompts_path, flavor)
+                    except ValueError:  # damaged: its rule remakes it, the plan is unknown
+                        plan[(slug, flavor, shard)] = None
+                        continue
                 plan[(slug, flavor, shard)] = _cache.plan_counts(
                     prompts, store, flavor, subjects, N_PER_SUBJECT,
                     entry(slug).get("max_length"))

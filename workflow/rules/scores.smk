@@ -9,7 +9,8 @@ REPORT_OUTPUTS = (
      "reports/cache_summary.csv"]
     + [f"reports/matrix_{m}.png" for m in MODELS]
     + [f"reports/subjects_{m}.png" for m in MODELS]
-    + [f"reports/attribution_{m}.{ext}" for m in MODELS for ext in ("csv", "png")]
+    + [f"reports/attribution_{m}.{ext}" for m in MODELS for ext in ("csv", "png")
+       if ATTR_PAIRS]
     + ["reports/explorer.html"]
 )
 
