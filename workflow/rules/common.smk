@@ -7,8 +7,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import polars as pl
-
 from mmlu_flavors import flavors as _flavors
 from mmlu_flavors.data import SUBJECTS, MMLUDataError, resolve_source
 from mmlu_flavors.models import identity_entry, slugify
