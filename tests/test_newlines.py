@@ -13,7 +13,6 @@ import csv
 import random
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from mmlu_flavors.flavors import Q, helm_balanced_sample, universal_newlines
