@@ -9,7 +9,7 @@ import torch
 from conftest_models import BOS, mmlu_like_requests, tiny_gemma3, tiny_llama
 
 from mmlu_flavors.engine import (EngineStats, batched_support, check_head, group_by_prefix,
-                                 planned_tokens, run_fast, run_naive)
+                                 planned_forwards, planned_tokens, run_fast, run_naive)
 from mmlu_flavors.tokenize import Request
 
 TOL = 1e-4
@@ -90,12 +90,15 @@ def test_planned_tokens_match_what_run_fast_runs(model_and_requests):
                  mode="per_question")
         assert planned_tokens(requests, batch, mode="per_question") == (
             stats.tokens, stats.naive_fallbacks)
+        assert planned_forwards(requests, batch, mode="per_question") == stats.forward_tokens
     for budget in (8, 120, 400, None):
         stats = EngineStats()
         run_fast(model, requests, LETTER_IDS, progress=False, stats=stats,
                  max_batch_tokens=budget)
         assert planned_tokens(requests, max_batch_tokens=budget, device="cpu") == (
             stats.tokens, stats.naive_fallbacks), budget
+        assert planned_forwards(requests, max_batch_tokens=budget, device="cpu") == \
+            stats.forward_tokens
 
 
 @pytest.mark.parametrize("mode", ["batched", "per_question"])
@@ -279,3 +282,21 @@ def test_take_packs_short_rows_into_bins():
     assert _take(rows, 3, 20) == (6, [[3], [4], [5]])  # width 3: each 3 fills a bin
     assert _take(rows, 0, 5) == (1, [[0]])  # a row wider than the budget runs alone
     assert _take(rows, 0, 1000) == (6, [[0], [1, 2], [3, 4, 5]])
+
+
+def test_batches_are_balanced():
+    """Greedy filling would run 1.0 + 0.2 budgets; balanced batching runs the same number
+    of forwards, each about half, and never exceeds the budget."""
+    from mmlu_flavors.engine import _batches, _Row, _take
+
+    rows = [_Row([1] * 10, list(range(10)), [0] * 10, []) for _ in range(12)]
+    assert [len(b) for _, b in _batches(rows, 0, 100)] == [6, 6]
+    assert _take(rows, 0, 100)[0] == 10  # greedy: 10 rows, then 2
+    for budget in (10, 35, 64, 120, 1000):
+        got = _batches(rows, 0, budget)
+        assert got[-1][0] == len(rows)
+        assert all(len(b) * 10 <= max(budget, 10) for _, b in got)
+        greedy, at = 0, 0
+        while at < len(rows):
+            at, greedy = _take(rows, at, budget)[0], greedy + 1
+        assert len(got) == greedy
