@@ -701,7 +701,7 @@ def _probe_reason(model: Any) -> str | None:
     diff = max(abs(a - b) for f, r in zip(got, ref)
                for a, b in zip(f.topk_logprobs + [x for t in f.token_logprobs for x in t],
                                r.topk_logprobs + [x for t in r.token_logprobs for x in t]))
-    tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 0.25
+    tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 1.0
     if not diff <= tol:
         return f"probe: batched differs from per-question by {diff:g} (> {tol:g})"
     return None
