@@ -137,6 +137,55 @@ def load(name: str, dtype: str, workdir: Path):
     return lm, time.perf_counter() - t0, conv_s
 
 
+def plan_only(args, name: str) -> list[dict]:
+    """The schedule of both modes from `engine.planned_forwards` (no model: the tokenizer
+    only): tokens per forward and forward calls per question are device-independent."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from mmlu_flavors.engine import planned_forwards
+
+    d, _ = ensure_converted(name, args.workdir)
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(d).get_text_config()  # models.context_length's rule
+    lm = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(d),
+                         max_length=int(getattr(cfg, "max_position_embeddings", 2048)))
+    out, totals = [], {}
+    for flavor in args.flavors.split(","):
+        reqs = real_requests(lm, flavor, args.mmlu_dir, subjects=args.subjects.split(","),
+                             questions=args.questions)
+        _, input_min = minimum_tokens(reqs)
+        for mode in args.modes.split(","):
+            ft = planned_forwards(reqs, args.batch_size, max_batch_tokens=args.max_batch_tokens,
+                                  mode=mode, device=args.plan_device)
+            rec = {"model": name, "flavor": flavor, "mode": mode, "requests": len(reqs),
+                   "tokens": sum(ft), "forwards": len(ft), "trie_inputs": input_min,
+                   "tokens_per_forward_median": median(ft),
+                   "tokens_per_forward_mean": sum(ft) / len(ft),
+                   "forwards_per_question": len(ft) / len(reqs), "device": args.plan_device}
+            out.append(rec)
+            t = totals.setdefault(mode, {"ft": [], "q": 0, "min": 0})
+            t["ft"] += ft
+            t["q"] += len(reqs)
+            t["min"] += input_min
+            print(f"{flavor:>16} {mode:>12}: {sum(ft):,} tokens ({sum(ft) / input_min:.2f}x "
+                  f"min) in {len(ft)} forwards ({len(ft) / len(reqs):.2f}/question), "
+                  f"tokens/forward median {median(ft):,.0f} mean {sum(ft) / len(ft):,.0f}")
+    for mode, t in totals.items():
+        ft = t["ft"]
+        print(f"{'all flavors':>16} {mode:>12}: {sum(ft):,} tokens ({sum(ft) / t['min']:.2f}x "
+              f"min {t['min']:,}) in {len(ft)} forwards ({len(ft) / t['q']:.2f}/question), "
+              f"tokens/forward median {median(ft):,.0f} mean {sum(ft) / len(ft):,.0f}")
+        out.append({"model": name, "flavor": "all", "mode": mode, "tokens": sum(ft),
+                    "forwards": len(ft), "trie_inputs": t["min"],
+                    "tokens_per_forward_median": median(ft),
+                    "tokens_per_forward_mean": sum(ft) / len(ft),
+                    "forwards_per_question": len(ft) / t["q"], "device": args.plan_device})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="smollm2-135m-instruct")
@@ -154,7 +203,16 @@ def main() -> None:
     ap.add_argument("--mmlu-dir", type=Path, default=ROOT.parent / "shared" / "mmlu")
     ap.add_argument("--workdir", type=Path, default=ROOT / "data" / "models")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--plan-only", action="store_true",
+                    help="no model: the schedule's tokens per forward (engine.planned_forwards)")
+    ap.add_argument("--plan-device", default="cpu",
+                    help="--plan-only: whose default max_batch_tokens (cpu, cuda)")
     args = ap.parse_args()
+    if args.plan_only:
+        recs = [r for name in args.models.split(",") for r in plan_only(args, name)]
+        if args.json:
+            args.json.write_text(json.dumps(recs, indent=2))
+        return
     subjects = args.subjects.split(",")
     modes = args.modes.split(",")
     loads = [os.getloadavg()[0]]

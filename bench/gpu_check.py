@@ -56,10 +56,15 @@ LLAMA_1B = dict(  # TinyLlama-1.1B's shape, SmolLM2's vocabulary
 CONFIGS = {"smollm2-135m-shape": SMOLLM2_135M, "llama-1.1b-shape": LLAMA_1B}
 
 
-def build(cfg: dict, device: str, dtype: torch.dtype, layers: int | None) -> torch.nn.Module:
+QUICK = dict(num_hidden_layers=2, hidden_size=128, intermediate_size=256,
+             num_attention_heads=4, num_key_value_heads=2, head_dim=32)
+
+
+def build(cfg: dict, device: str, dtype: torch.dtype, quick: bool) -> torch.nn.Module:
+    """Random weights from `cfg` (--quick: 2 narrow layers, for a CPU smoke test)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = dict(cfg, **({"num_hidden_layers": layers} if layers else {}))
+    cfg = dict(cfg, **(QUICK if quick else {}))
     rope = cfg.pop("rope_theta")
     config = LlamaConfig(**cfg, rope_parameters={"rope_type": "default", "rope_theta": rope},
                          attn_implementation="sdpa")
@@ -183,7 +188,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true",
-                    help="2-layer models, 2 questions per flavor: checks that it runs")
+                    help="2 narrow layers, 2 questions per flavor: checks that it runs")
     ap.add_argument("--models", default=",".join(CONFIGS))
     ap.add_argument("--prompts", type=Path, default=ROOT / "bench" / "gpu_prompts.json.gz")
     ap.add_argument("--naive", type=int, default=10, help="requests per flavor vs run_naive")
@@ -212,13 +217,12 @@ def main() -> None:
     all_reqs = [r for rs in flavors.values() for r in rs]
     minimum = {f: minimum_tokens(rs) for f, rs in flavors.items()}
     for name in a.models.split(","):
-        m: dict = {"config": CONFIGS[name], "layers": 2 if a.quick else
-                   CONFIGS[name]["num_hidden_layers"]}
+        m: dict = {"config": {**CONFIGS[name], **(QUICK if a.quick else {})}}
         report["models"][name] = m
         for dtype in (torch.float32, torch.bfloat16):
             dn = str(dtype).removeprefix("torch.")
             t0 = time.perf_counter()
-            model = build(CONFIGS[name], a.device, dtype, 2 if a.quick else None)
+            model = build(CONFIGS[name], a.device, dtype, a.quick)
             d: dict = {"build_s": time.perf_counter() - t0, "exactness": {}, "flavors": {}}
             m[dn] = d
             for f, rs in flavors.items():

@@ -9,7 +9,7 @@ import torch
 from conftest_models import BOS, mmlu_like_requests, tiny_gemma3, tiny_llama
 
 from mmlu_flavors.engine import (EngineStats, batched_support, check_head, group_by_prefix,
-                                 planned_tokens, run_fast, run_naive)
+                                 planned_forwards, planned_tokens, run_fast, run_naive)
 from mmlu_flavors.tokenize import Request
 
 TOL = 1e-4
@@ -90,12 +90,15 @@ def test_planned_tokens_match_what_run_fast_runs(model_and_requests):
                  mode="per_question")
         assert planned_tokens(requests, batch, mode="per_question") == (
             stats.tokens, stats.naive_fallbacks)
+        assert planned_forwards(requests, batch, mode="per_question") == stats.forward_tokens
     for budget in (8, 120, 400, None):
         stats = EngineStats()
         run_fast(model, requests, LETTER_IDS, progress=False, stats=stats,
                  max_batch_tokens=budget)
         assert planned_tokens(requests, max_batch_tokens=budget, device="cpu") == (
             stats.tokens, stats.naive_fallbacks), budget
+        assert planned_forwards(requests, max_batch_tokens=budget, device="cpu") == \
+            stats.forward_tokens
 
 
 @pytest.mark.parametrize("mode", ["batched", "per_question"])
@@ -306,3 +309,21 @@ def test_greedy_generation_equals_hf_generate(model_and_requests):
                             min_new_tokens=5, do_sample=False, pad_token_id=0)
         assert n.gen_ids == hf[0, ids.shape[1]:].tolist()
         assert f.gen_ids == n.gen_ids and f.gen_ids[0] == f.greedy_id
+
+
+def test_batches_are_balanced():
+    """Greedy filling would run 1.0 + 0.2 budgets; balanced batching runs the same number
+    of forwards, each about half, and never exceeds the budget."""
+    from mmlu_flavors.engine import _batches, _Row, _take
+
+    rows = [_Row([1] * 10, list(range(10)), [0] * 10, []) for _ in range(12)]
+    assert [len(b) for _, b in _batches(rows, 0, 100)] == [6, 6]
+    assert _take(rows, 0, 100)[0] == 10  # greedy: 10 rows, then 2
+    for budget in (10, 35, 64, 120, 1000):
+        got = _batches(rows, 0, budget)
+        assert got[-1][0] == len(rows)
+        assert all(len(b) * 10 <= max(budget, 10) for _, b in got)
+        greedy, at = 0, 0
+        while at < len(rows):
+            at, greedy = _take(rows, at, budget)[0], greedy + 1
+        assert len(got) == greedy
