@@ -74,6 +74,15 @@ def _gap(v: list[float]) -> float:
     return s[0] - s[1]
 
 
+def _cut_left(ours: list[int], theirs: list[int]) -> bool:
+    """lighteval fed a left-truncated copy of our context: its last tokens, with the first
+    special token kept (the tokenizer truncates the text, then adds BOS again: Gemma)."""
+    if theirs == ours or len(theirs) >= len(ours) or not theirs:
+        return False
+    tail = ours[len(ours) - len(theirs):]
+    return tail == theirs or (theirs[0] == ours[0] and tail[1:] == theirs[1:])
+
+
 def compare(ref: list[dict], cache: pl.DataFrame, tok: list, tie: float = TIE) -> dict[str, Any]:
     """Agreement figures and the rows that disagree."""
     from mmlu_flavors.reduce import predictions
@@ -103,8 +112,7 @@ def compare(ref: list[dict], cache: pl.DataFrame, tok: list, tie: float = TIE) -
             ref_correct = bool(r["metrics"]["acc"])
             near_tie = min(_gap(ours_ll), _gap(ref_ll)) < tie
             detail = {"ours": ours_ll, "lighteval": ref_ll, "abs_diff": d}
-        elif ctx != r["input_tokens"] and len(r["input_tokens"]) < len(ctx) and \
-                ctx[len(ctx) - len(r["input_tokens"]):] == r["input_tokens"]:
+        elif _cut_left(ctx, r["input_tokens"]):
             # lighteval's generative batching truncated this prompt from the left (its token
             # budget is that of the call's longest-in-characters question + 5, see
             # docs/IMPLEMENTATIONS.md 5a): not the same input, counted apart
