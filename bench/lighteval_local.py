@@ -173,19 +173,29 @@ def run_task(model, task: str, mmlu_dir: str | Path, subjects: list[str], num_fe
                 else write_global_layout(questions, root / "global_mmlu"))
     out: list[dict[str, Any]] = []
     try:
+        # like Pipeline: every subject's docs first, then ONE model call over all of them
+        # (lighteval's generative batching derives its token budget from the whole call)
+        tasks, all_docs = [], []
         for subject in subjects:
             lt = LightevalTask(task_config(task, subject, data_dir, num_fewshot))
             docs = lt.get_docs(limit)  # seed-42 shuffle, then the first `limit`
+            tasks.append((subject, lt, docs))
+            all_docs += docs
+        if model is None:
+            all_resp = [None] * len(all_docs)
+        else:
+            all_resp = (model.greedy_until(all_docs) if task == "mmlu"
+                        else model.loglikelihood(all_docs))
+        pm = plain_prompt_manager() if model is None else model.prompt_manager
+        start = 0
+        for subject, lt, docs in tasks:
+            responses = all_resp[start:start + len(docs)]
+            start += len(docs)
             test_rows = _csv_rows(task, questions, subject, "test")
             shot_rows = _csv_rows(task, questions, subject, "dev")
             shot_pos = {id(d): int(d.id) for d in lt.fewshot_docs()}
-            pm = plain_prompt_manager() if model is None else model.prompt_manager
-            if model is None:
-                responses, metrics = [None] * len(docs), [None] * len(docs)
-            else:
-                responses = (model.greedy_until(docs) if task == "mmlu"
-                             else model.loglikelihood(docs))
-                metrics = apply_metric(responses, docs, list(lt.metrics))
+            metrics = ([None] * len(docs) if model is None
+                       else apply_metric(responses, docs, list(lt.metrics)))
             for doc, resp, met in zip(docs, responses, metrics):
                 row = {
                     "task": task, "subject": subject, "index": test_rows[int(doc.id)],
