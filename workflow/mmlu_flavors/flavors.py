@@ -88,27 +88,6 @@ def subject_spaced(subject: str) -> str:
     return subject.replace("_", " ")
 
 
-# --- reading rules ------------------------------------------------------------------------
-
-def universal_newlines(text: str) -> str:
-    """Python text-mode reading (`open(path)`, newline=None): every "\r\n" and every lone
-    "\r" becomes "\n". Applied per field it equals translating the file before `csv.reader`
-    (a CSV field can only hold a carriage return inside quotes)."""
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-READING_RULES: dict[str, Callable[[str], str]] = {
-    "raw": lambda text: text,  # the CSV bytes as written ("\r\n" kept)
-    "universal_newlines": universal_newlines,
-}
-
-
-def read_as(q: Q, rule: str) -> Q:
-    """The row as a reference's reader sees it: `rule` applied to the question and choices."""
-    f = READING_RULES[rule]
-    return Q(f(q.question), tuple(f(c) for c in q.choices), q.answer, q.index)  # type: ignore[arg-type]
-
-
 # --- shot selection ---------------------------------------------------------------------
 
 def shots_first_k(test: Sequence[Q], pool: Sequence[Q], k: int, seed: int = 0) -> list[list[int]]:
