@@ -16,7 +16,7 @@ also run through `run_naive` in the same dtype: largest |fast - naive| and verdi
     PYTHONPATH=workflow python bench/bench_engine.py --models gemma-3-270m --questions 5
 
 Prompts are real MMLU prompts (flavors.py/prompts.py/tokenize.py) from `--mmlu-dir`
-(default ../shared/mmlu).
+(default resources/mmlu).
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--naive", type=int, default=0,
                     help="requests per flavor to compare with run_naive (same dtype)")
-    ap.add_argument("--mmlu-dir", type=Path, default=ROOT.parent / "shared" / "mmlu")
+    ap.add_argument("--mmlu-dir", type=Path, default=ROOT / "resources" / "mmlu")
     ap.add_argument("--workdir", type=Path, default=ROOT / "data" / "models")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--plan-only", action="store_true",

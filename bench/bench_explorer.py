@@ -8,7 +8,7 @@ in Chromium (Debian's, driven by Playwright): time from navigation to a ready pa
 "implementations disagree" filter over all questions, and to a question of the largest
 subject rendered (its data script loaded on demand).
 
-    PYTHONPATH=workflow .venv/bin/python bench/bench_explorer.py --mmlu ../shared/mmlu
+    PYTHONPATH=workflow .venv/bin/python bench/bench_explorer.py --mmlu resources/mmlu
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def browser_timings(html: Path, chromium: str, largest: str, rounds: int) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mmlu", type=Path, default=ROOT.parent / "shared" / "mmlu")
+    ap.add_argument("--mmlu", type=Path, default=ROOT / "resources" / "mmlu")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_explorer"))
     ap.add_argument("--rounds", type=int, default=3, help="browser rounds (median reported)")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "")

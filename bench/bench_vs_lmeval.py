@@ -342,7 +342,7 @@ def report(runs: list[dict], a: argparse.Namespace, mach: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
-    ap.add_argument("--mmlu", type=Path, default=ROOT.parent / "shared" / "mmlu")
+    ap.add_argument("--mmlu", type=Path, default=ROOT / "resources" / "mmlu")
     ap.add_argument("--subjects", default=DEFAULT_SUBJECTS)
     ap.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
                     help="first N test questions per subject")

@@ -2,7 +2,7 @@
 (HELM cab5d89) and with the cab5d89 golden rows.
 
     PYTHONPATH=workflow .venv/bin/python bench/compare_helm_prompts.py /tmp/helm0516.jsonl \\
-        --mmlu ../shared/mmlu --golden ../shared/golden/helm.jsonl
+        --mmlu resources/mmlu --golden ../shared/golden/helm.jsonl
 
 Per question: prompt bytes, the gold letter(s), and the request parameters (max_tokens 1,
 temperature 0, no stop sequence in the request, the A-D output mapping). Exit 1 on any difference.
@@ -23,7 +23,7 @@ if str(ROOT / "workflow") not in sys.path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("jsonl")
-    p.add_argument("--mmlu", default=str(ROOT.parent / "shared" / "mmlu"))
+    p.add_argument("--mmlu", default=str(ROOT / "resources" / "mmlu"))
     p.add_argument("--golden", default=None, help="cab5d89 golden rows (subject, index, prompt)")
     a = p.parse_args(argv)
     from mmlu_flavors.data import LETTERS, read_local

@@ -3,7 +3,7 @@
 Step 1 (lighteval's venv, see bench/setup_lighteval.sh) dumps what the package does::
 
     PYTHONPATH=workflow /work/venvs/lighteval/bin/python bench/lighteval_local.py \\
-        data/models/smollm2-135m-instruct ../shared/mmlu abstract_algebra college_physics \\
+        data/models/smollm2-135m-instruct resources/mmlu abstract_algebra college_physics \\
         --task mcf --num-fewshot 5 --limit 25 --out /tmp/ref_mcf.jsonl
 
 Step 2 (project venv) runs our pipeline on exactly those questions (prompt table ->
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model_dir")
     p.add_argument("ref", nargs="+", help="JSONL from bench/lighteval_local.py (same model)")
-    p.add_argument("--mmlu", default=str(ROOT.parent / "shared" / "mmlu"))
+    p.add_argument("--mmlu", default=str(ROOT / "resources" / "mmlu"))
     p.add_argument("--tie", type=float, default=TIE)
     p.add_argument("--out", help="CSV of disagreeing questions")
     a = p.parse_args(argv)

@@ -7,7 +7,7 @@ of shots, and the prompt string, the shot rows (CSV rows, in prompt order), the 
 continuation strings and the gold index must be equal::
 
     PYTHONPATH=workflow .venv/bin/python bench/compare_lighteval_prompts.py \\
-        --mmlu ../shared/mmlu /tmp/le/prompts_mmlu_5.jsonl ...
+        --mmlu resources/mmlu /tmp/le/prompts_mmlu_5.jsonl ...
 
 Prints, per file, questions compared and how many differ (first few shown); exit 1 if any.
 """
@@ -65,7 +65,7 @@ def compare(rows: list[dict], questions) -> tuple[int, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("jsonl", nargs="+")
-    p.add_argument("--mmlu", default=str(ROOT.parent / "shared" / "mmlu"))
+    p.add_argument("--mmlu", default=str(ROOT / "resources" / "mmlu"))
     a = p.parse_args(argv)
     from mmlu_flavors.data import read_local
 

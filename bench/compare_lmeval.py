@@ -17,7 +17,7 @@ same weights (float32, CPU), and joins them per (subject, index):
 * ``lm_acc_norm`` / ``our_acc_norm`` where the task reports acc_norm.
 
     .venv/bin/python bench/compare_lmeval.py data/models/smollm2-135m-instruct \\
-        --flavor lmeval_continuation --mmlu ../shared/mmlu --subjects abstract_algebra --limit 20
+        --flavor lmeval_continuation --mmlu resources/mmlu --subjects abstract_algebra --limit 20
 
 prints n questions, n same prediction, max |Δ loglik|, and writes the disagreeing rows
 (different prediction or |Δ| > --tol) to a CSV (``--out``).
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model_dir")
     ap.add_argument("--flavor", default=FLAVOR, choices=sorted(lmeval_local.FLAVOR_RUNS))
-    ap.add_argument("--mmlu", default=str(ROOT.parent / "shared" / "mmlu"))
+    ap.add_argument("--mmlu", default=str(ROOT / "resources" / "mmlu"))
     ap.add_argument("--subjects", default="abstract_algebra,us_foreign_policy")
     ap.add_argument("--limit", type=int, default=5, help="questions per subject (first N)")
     ap.add_argument("--num-fewshot", type=int, default=5)

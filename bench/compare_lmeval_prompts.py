@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--flavor", required=True, choices=sorted(lmeval_local.FLAVOR_RUNS))
-    ap.add_argument("--mmlu", default=str(ROOT.parent / "shared" / "mmlu"))
+    ap.add_argument("--mmlu", default=str(ROOT / "resources" / "mmlu"))
     ap.add_argument("--subjects", default="all")
     ap.add_argument("--limit", type=int, default=None, help="questions per subject (first N)")
     ap.add_argument("--num-fewshot", type=int, default=5)

@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=2048, help="LLaMA's context")
     ap.add_argument("--tokenizer", type=Path,
                     default=ROOT / "data" / "models" / "smollm2-135m-instruct")
-    ap.add_argument("--mmlu-dir", type=Path, default=ROOT.parent / "shared" / "mmlu")
+    ap.add_argument("--mmlu-dir", type=Path, default=ROOT / "resources" / "mmlu")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "gpu_prompts.json.gz")
     a = ap.parse_args()
     tok = AutoTokenizer.from_pretrained(a.tokenizer)

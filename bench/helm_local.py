@@ -2,7 +2,7 @@
 
 Runs in the helm venv (bench/setup_helm.sh, default /work/venvs/helm)::
 
-    /work/venvs/helm/bin/python bench/helm_local.py ../shared/mmlu SUBJECT... --out helm.jsonl
+    /work/venvs/helm/bin/python bench/helm_local.py resources/mmlu SUBJECT... --out helm.jsonl
 
 Executed HELM code: ``MMLUScenario.get_instances`` (its CSV reader: ``open(path)`` in text mode
 + ``csv.reader``; the data directory is a symlink to the local CSVs, so its download step sees

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/lighteval_agreement}
 LE=${LIGHTEVAL_VENV:-/work/venvs/lighteval}/bin/python
 PY=${PYTHON:-.venv/bin/python}
-MMLU=${MMLU_DIR:-../shared/mmlu}
+MMLU=${MMLU_DIR:-resources/mmlu}
 export PYTHONPATH=$PWD/workflow
 mkdir -p "$OUT"
 bash bench/setup_lighteval.sh

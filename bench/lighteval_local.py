@@ -5,7 +5,7 @@ runs in lighteval's own virtualenv (``bench/setup_lighteval.sh``, default
 ``/work/venvs/lighteval``) because lighteval's pins clash with the project's::
 
     PYTHONPATH=workflow /work/venvs/lighteval/bin/python bench/lighteval_local.py \\
-        MODEL_DIR ../shared/mmlu SUBJECT... --task mmlu --num-fewshot 5 --out rows.jsonl
+        MODEL_DIR resources/mmlu SUBJECT... --task mmlu --num-fewshot 5 --out rows.jsonl
 
 Tasks (the package's own `LightevalTaskConfig` objects, imported, never rewritten):
 

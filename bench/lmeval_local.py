@@ -24,7 +24,7 @@ How the task is kept identical to upstream without touching installed files:
 Usage::
 
     from bench.lmeval_local import run_lmeval
-    df = run_lmeval("data/models/smollm2-135m-instruct", "../shared/mmlu",
+    df = run_lmeval("data/models/smollm2-135m-instruct", "resources/mmlu",
                     ["abstract_algebra", "us_foreign_policy"], limit=10)
 
 or ``python bench/lmeval_local.py MODEL_DIR MMLU_DIR SUBJECT... --limit 10``.
