@@ -97,3 +97,22 @@ def test_killed_job_keeps_finished_subjects(tiny_model, tmp_path) -> None:
     assert "reusing finished subject abstract_algebra" in log
     assert first.stat().st_mtime_ns == mtime
     assert pl.read_parquet(cache / "part00.parquet").height == 16
+
+
+def test_attribution_variants_run(tiny_model, tmp_path) -> None:
+    """attribution_variants: walk renders, runs and reduces the walk's intermediate prompts
+    as flavors of their own; the attribution then moves one factor per step."""
+    write_config(tmp_path, tiny_model, ["abstract_algebra"], 1,
+                 flavors=["original", "harness_e47e01b"],
+                 attribution_pairs=[["harness (acc)", "original"]], attribution_variants="walk")
+    snakemake(tmp_path, "--cores", "2", "reports/attribution_tiny-llama.csv")
+    variants = pl.read_parquet(tmp_path / "reports/attribution_variants.parquet")
+    prompts = variants.get_column("prompt").unique().to_list()
+    assert len(prompts) == 3 and all(p.startswith("attr_") for p in prompts)
+    steps = pl.read_csv(tmp_path / "reports/attribution_tiny-llama.csv").filter(
+        pl.col("kind") == "step")
+    assert steps.get_column("factor").to_list() == [
+        "start", "shots", "header", "template", "tokens", "scoring", "averaging"]
+    walked = steps.get_column("prompt").to_list()
+    assert walked[0] == "harness_e47e01b" and set(walked[1:4]) == set(prompts)
+    assert walked[4:] == ["original"] * 3
