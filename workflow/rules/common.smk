@@ -39,6 +39,10 @@ for _f in FLAVORS:
 from mmlu_flavors import attribution as _attr
 
 ATTR_PAIRS = [list(p) for p in config.get("attribution_pairs", _attr.DEFAULT_PAIRS)]
+if "attribution_pairs" not in config:  # the default pairs only where the run has their flavors
+    _impls = _flavors.implementations()
+    ATTR_PAIRS = [p for p in ATTR_PAIRS
+                  if all(x in _impls and _impls[x].flavor in FLAVORS for x in p)]
 ATTR_ORDER = list(config.get("attribution_order", _attr.DEFAULT_ORDER))
 try:
     VARIANTS = _attr.variant_definitions(ATTR_PAIRS, ATTR_ORDER,
