@@ -137,3 +137,22 @@ def test_growing_and_switching_selections(finished_run) -> None:
     assert summary["computed"].to_list() == [2] * 4 and summary["reused"].to_list() == [4] * 4
     res = snakemake(finished_run, "-n", "--cores", "2", "--config", "questions_per_subject=2")
     assert "logits" not in res.stdout, res.stdout[-3000:]
+
+
+def test_attribution_variants_run(tiny_model, tmp_path) -> None:
+    """attribution_variants: walk renders, runs and reduces the walk's intermediate prompts
+    as flavors of their own; the attribution then moves one factor per step."""
+    write_config(tmp_path, tiny_model, ["abstract_algebra"], 1,
+                 flavors=["original", "harness_e47e01b"],
+                 attribution_pairs=[["harness (acc)", "original"]], attribution_variants="walk")
+    snakemake(tmp_path, "--cores", "2", "reports/attribution_tiny-llama.csv")
+    variants = pl.read_parquet(tmp_path / "reports/attribution_variants.parquet")
+    prompts = variants.get_column("prompt").unique().to_list()
+    assert len(prompts) == 3 and all(p.startswith("attr_") for p in prompts)
+    steps = pl.read_csv(tmp_path / "reports/attribution_tiny-llama.csv").filter(
+        pl.col("kind") == "step")
+    assert steps.get_column("factor").to_list() == [
+        "start", "shots", "header", "template", "tokens", "scoring", "averaging"]
+    walked = steps.get_column("prompt").to_list()
+    assert walked[0] == "harness_e47e01b" and set(walked[1:4]) == set(prompts)
+    assert walked[4:] == ["original"] * 3

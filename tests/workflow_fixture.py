@@ -38,6 +38,9 @@ def write_config(workdir: Path, model_dir: Path, subjects: list[str], n: int,
         "subjects_per_shard": 57, "threads_per_model_job": 1,
         "bootstrap_samples": 50, "bootstrap_seed": 1,
         "blog_csv": str(SHARED / "blog" / "mmlu_scores.csv"),
+        # the attribution runs, without prompt variants (each would be one more flavor to run;
+        # the variants' wiring is tested by test_attribution_variants_run)
+        "attribution_variants": "none",
     }
     cfg.update(extra)
     path = workdir / "config.yaml"

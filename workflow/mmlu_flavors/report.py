@@ -463,7 +463,8 @@ def plot_attribution(table: pl.DataFrame, model: str, path: Path) -> None:
         axs.axvline(0, color="black", lw=0.8)
         grouped = sh and not sh[0]["per_factor"]
         axs.set_title("Shapley share (order-independent)" + (
-            "\nprompt factors grouped: no separate prompt variants" if grouped else ""), fontsize=9)
+            "\nprompt factors one player: not all their combinations were run" if grouped else ""),
+            fontsize=9)
         axs.set_xlabel(f"change in score ({a} → {b})")
     nq = int(t.get_column("n_questions").max())
     fig.suptitle(f"{model}: why implementations disagree ({nq:,} questions)", fontsize=11)

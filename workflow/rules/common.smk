@@ -39,17 +39,12 @@ for _f in FLAVORS:
 # (rendered, run and reduced like any other, into reports/attribution_variants.parquet)
 from mmlu_flavors import attribution as _attr
 
+ATTR_PAIRS = [list(p) for p in config.get("attribution_pairs", _attr.DEFAULT_PAIRS)]
+if "attribution_pairs" not in config:  # the default pairs only where the run has their flavors
+    _impls = _flavors.implementations()
+    ATTR_PAIRS = [p for p in ATTR_PAIRS
+                  if all(x in _impls and _impls[x].flavor in FLAVORS for x in p)]
 ATTR_ORDER = list(config.get("attribution_order", _attr.DEFAULT_ORDER))
-if "attribution_pairs" in config:  # explicit pairs must be runnable: an error names them
-    ATTR_PAIRS = [list(p) for p in config["attribution_pairs"]]
-else:  # the default pairs where this run has their flavors
-    ATTR_PAIRS = []
-    for _p in _attr.DEFAULT_PAIRS:
-        try:
-            _attr.variant_definitions([list(_p)], ATTR_ORDER, "none", FLAVORS)
-            ATTR_PAIRS.append(list(_p))
-        except ValueError:
-            pass
 try:
     VARIANTS = _attr.variant_definitions(ATTR_PAIRS, ATTR_ORDER,
                                          config.get("attribution_variants", "walk"), FLAVORS)

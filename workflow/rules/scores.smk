@@ -9,8 +9,7 @@ REPORT_OUTPUTS = (
      "reports/cache_summary.csv"]
     + [f"reports/matrix_{m}.png" for m in MODELS]
     + [f"reports/subjects_{m}.png" for m in MODELS]
-    + [f"reports/attribution_{m}.{ext}" for m in MODELS for ext in ("csv", "png")
-       if ATTR_PAIRS]
+    + [f"reports/attribution_{m}.{ext}" for m in MODELS for ext in ("csv", "png") if ATTR_PAIRS]
     + ["reports/explorer.html"]
 )
 
@@ -127,27 +126,29 @@ if VARIANTS:
             "2> {log:q}"
 
 
-rule attribution:
-    input:
-        ["reports/predictions.parquet"]
-        + (["reports/attribution_variants.parquet"] if VARIANTS else []),
-    output:
-        csv=report(expand("reports/attribution_{m}.csv", m=MODELS), caption="../report/attribution.rst", category="Attribution"),
-        png=report(expand("reports/attribution_{m}.png", m=MODELS), caption="../report/attribution.rst", category="Attribution"),
-    params:
-        pairs=json.dumps(ATTR_PAIRS),
-        order=",".join(ATTR_ORDER),
-        seed=config.get("bootstrap_seed", 0),
-        samples=config.get("bootstrap_samples", 1000),
-        flavor_defs=lambda wc: flavor_defs(ALL_FLAVORS),
-    conda:
-        ENV
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    log:
-        "logs/attribution.log",
-    shell:
-        "{PY} attribution --predictions {input:q} --out-dir reports --pairs {params.pairs:q} "
-        "--order {params.order:q} --seed {params.seed} --samples {params.samples} "
-        "--flavor-defs {params.flavor_defs:q} 2> {log:q}"
+if ATTR_PAIRS:
+
+    rule attribution:
+        input:
+            ["reports/predictions.parquet"]
+            + (["reports/attribution_variants.parquet"] if VARIANTS else []),
+        output:
+            csv=report(expand("reports/attribution_{m}.csv", m=MODELS), caption="../report/attribution.rst", category="Attribution"),
+            png=report(expand("reports/attribution_{m}.png", m=MODELS), caption="../report/attribution.rst", category="Attribution"),
+        params:
+            pairs=json.dumps(ATTR_PAIRS),
+            order=",".join(ATTR_ORDER),
+            seed=config.get("bootstrap_seed", 0),
+            samples=config.get("bootstrap_samples", 1000),
+            flavor_defs=lambda wc: flavor_defs(ALL_FLAVORS),
+        conda:
+            ENV
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        log:
+            "logs/attribution.log",
+        shell:
+            "{PY} attribution --predictions {input:q} --out-dir reports --pairs {params.pairs:q} "
+            "--order {params.order:q} --seed {params.seed} --samples {params.samples} "
+            "--flavor-defs {params.flavor_defs:q} 2> {log:q}"
