@@ -204,5 +204,6 @@ def cache_for_prompts(prompts: pl.DataFrame, models: Mapping[str, float],
             "text_cont_ids": single, "text_cont_logprobs": text[:, :, None].tolist(),
             "text_cont_greedy": [[[False]] * 4] * n, "text_cont_sum": text.tolist(),
             "choice_chars": chars.tolist(), "choices": prompts.get_column("choices"),
+            "gen_ids": [[]] * n, "gen_text": [None] * n,
         }, schema=CACHE_SCHEMA))
     return pl.concat(frames)

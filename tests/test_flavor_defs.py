@@ -156,11 +156,13 @@ def test_chat_flavor_on_model_without_template_stops_with_one_line(questions, tm
     from workflow_fixture import make_tiny_model
 
     from mmlu_flavors import cli
+    from mmlu_flavors.io import atomic_write_parquet
 
     model = make_tiny_model(questions, tmp_path / "tiny")  # byte-level BPE, no chat template
     prompts = tmp_path / "lmeval_chat.parquet"
-    build_prompts(questions, "lmeval_chat", subjects=["anatomy"],
-                  questions_per_subject=1).write_parquet(prompts)
+    atomic_write_parquet(build_prompts(questions, "lmeval_chat", subjects=["anatomy"],
+                                       questions_per_subject=1), prompts,
+                         {"flavor": "lmeval_chat"})  # as the prompts step writes it
     entry = '{"source": "local", "path": "%s", "dtype": "float32", "device": "cpu"}' % model
     rc = cli.main(["logits", "--prompts", str(prompts), "--flavor", "lmeval_chat",
                    "--model-name", "tiny", "--entry", entry, "--subjects", "anatomy",

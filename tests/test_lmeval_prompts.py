@@ -87,7 +87,7 @@ def test_run_lmeval_smollm2(mmlu_dir, tmp_path_factory):
     model_dir = lmeval_local.smollm2_model_dir(tmp_path_factory.mktemp("smollm2") / "model")
     df = lmeval_local.run_lmeval(model_dir, mmlu_dir, ["abstract_algebra", "us_foreign_policy"],
                                  limit=3, num_fewshot=5, batch_size=1)
-    assert df.columns == ["subject", "index", "loglik", "pred", "acc", "gold"]
+    assert df.columns == ["subject", "index", "loglik", "pred", "acc", "acc_norm", "gold"]
     assert df.height == 6
     assert df["index"].to_list() == [0, 1, 2, 0, 1, 2]
     for r in df.iter_rows(named=True):
