@@ -22,7 +22,8 @@ from test_resources import job_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOG = yaml.safe_load((ROOT / "blog.yaml").read_text())
-FLAVORS = yaml.safe_load((ROOT / "config.yaml").read_text())["flavors"]
+# config.yaml's flavors, then the attribution variants (attr_*) the workflow also runs
+FLAVORS = P.run_flavors(P.load_config([ROOT / "blog.yaml"], ROOT))
 
 
 def _plan(cwd: Path, *args: str) -> str:
@@ -52,12 +53,13 @@ def test_plan_blog_yaml_offline_lists_every_model(tmp_path: Path) -> None:
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     out = _plan(tmp_path, "--configfile", str(ROOT / "blog.yaml"))
     rows = [line for line in out.splitlines() if line.startswith("| ") and "assumed" in line]
-    assert len(rows) == len(BLOG["models"]) * 4        # every model x flavor, all assumed
+    assert len(rows) == len(BLOG["models"]) * len(FLAVORS)  # every model x flavor, assumed
     for model in BLOG["models"]:
         mine = [r for r in rows if r.split("|")[1].strip() == model]
-        assert [r.split("|")[2].strip() for r in mine] == FLAVORS  # config.yaml's list
+        assert [r.split("|")[2].strip() for r in mine] == FLAVORS
     table = P.plan_table(P.load_config([ROOT / "blog.yaml"], tmp_path), tmp_path)
-    assert table.height == 32 and set(table["model"]) == set(BLOG["models"])
+    assert table.height == 8 * len(FLAVORS) and set(table["model"]) == set(BLOG["models"])
+    assert FLAVORS[:4] == ["original", "helm", "harness_e47e01b", "harness_current"]
     for row in table.iter_rows(named=True):
         entry = BLOG["model_registry"][row["model"]]
         assert row["gpu_hours"] == pytest.approx(_expected_gpu_hours(entry, row["flavor"]))

@@ -130,7 +130,10 @@ def logits_jobs(out: str) -> list[dict]:
 
 
 def _check_blog_jobs(jobs: list[dict]) -> None:
-    assert len(jobs) == 8 * 4 * 8  # models x flavors x shards of 8 subjects
+    from mmlu_flavors.plan import load_config, run_flavors
+
+    flavors = run_flavors(load_config([ROOT / "blog.yaml"], ROOT))  # + attribution variants
+    assert len(jobs) == 8 * len(flavors) * 8  # models x flavors x shards of 8 subjects
     by_model = {}
     for j in jobs:
         by_model.setdefault(j["model"], []).append(j)

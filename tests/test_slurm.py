@@ -265,7 +265,19 @@ def test_cancelled_job_leaves_no_output_and_only_it_reruns(slurm_cluster, tmp_pa
 import polars as pl  # noqa: E402
 from polars.testing import assert_frame_equal  # noqa: E402
 
-from workflow_fixture import make_tiny_model, snakemake, write_config  # noqa: E402
+from workflow_fixture import make_tiny_model, snakemake  # noqa: E402
+from workflow_fixture import write_config as _write_config  # noqa: E402
+
+
+def write_config(*args, **extra) -> Path:
+    """workflow_fixture.write_config without attribution pairs (the default pairs need
+    original, helm and harness_e47e01b; these runs have one or two flavors, and no prompt
+    variants keep them small). The attribution report needs pairs, so these runs build
+    `reports/predictions.parquet` (PREDICTIONS), not `all`."""
+    return _write_config(*args, **{"attribution_pairs": [], **extra})
+
+
+PREDICTIONS = "reports/predictions.parquet"
 
 REAL_SUBJECTS = ["abstract_algebra", "us_foreign_policy"]
 REAL_FLAVORS = ["original", "harness_e47e01b"]
@@ -307,9 +319,10 @@ def test_real_workflow_via_slurm_equals_local(slurm_cluster, tiny_model_dir, tmp
                      subjects_per_shard=1)
         t0 = time.monotonic()
         if kind == "local":
-            snakemake(wd, "--profile", str(REPO / "profiles" / "local"), "--cores", "2")
+            snakemake(wd, "--profile", str(REPO / "profiles" / "local"), "--cores", "2",
+                      PREDICTIONS)
         else:
-            r = real_slurm(wd)
+            r = real_slurm(wd, PREDICTIONS)
             assert r.returncode == 0, r.stdout[-6000:]
             assert r.stdout.count("submitted with SLURM jobid") == 4, r.stdout[-6000:]
             # (the node has no GPU: a job asking for --gpus would be rejected by sbatch, so
@@ -347,7 +360,7 @@ def test_scancel_real_logits_job_leaves_no_partial_shard(slurm_cluster, tiny_mod
     cache = tmp_path / f"data/cache/tiny-llama/harness_e47e01b/first{n}"  # part02: policy
     store = tmp_path / "data/cache/store"
     target = f"wildcards_tiny-llama_harness_e47e01b_first{n}_part00"
-    p = real_slurm(tmp_path, "--retries", "0", background=True)
+    p = real_slurm(tmp_path, "--retries", "0", PREDICTIONS, background=True)
     jobid = None
     try:
         deadline = time.monotonic() + 300
@@ -375,7 +388,7 @@ def test_scancel_real_logits_job_leaves_no_partial_shard(slurm_cluster, tiny_mod
     assert kept["abstract_algebra"] == n                 # the finished subject is kept
     mtime = (cache / "part02.parquet").stat().st_mtime_ns
 
-    r = real_slurm(tmp_path)
+    r = real_slurm(tmp_path, PREDICTIONS)
     assert r.returncode == 0, r.stdout[-6000:]
     assert r.stdout.count("submitted with SLURM jobid") == 1, r.stdout[-6000:]
     assert (cache / "part02.parquet").stat().st_mtime_ns == mtime
@@ -455,7 +468,7 @@ def test_learned_resources_size_the_next_job(slurm_cluster, tiny_model_dir, tmp_
     assert learned["runtime"] >= 30 and assumed["runtime"] == R.RUNTIME_MIN_MIN
     assert learned["mem_mb"] != assumed["mem_mb"]
 
-    r = real_slurm(tmp_path)  # only the other shard (part54) is missing
+    r = real_slurm(tmp_path, PREDICTIONS)  # only the other shard (part54) is missing
     assert r.returncode == 0, r.stdout[-6000:]
     second = _submitted(r.stdout)
     assert len(second) == 1, r.stdout[-6000:]
@@ -535,7 +548,7 @@ def test_sigterm_and_sigkill_mid_subject_lose_at_most_one_checkpoint(
     flushed_total, lost = 0, []
     for sig in ("TERM", "KILL"):
         log.unlink(missing_ok=True)  # each try writes its own
-        p = real_slurm(tmp_path, "--retries", "0", background=True)
+        p = real_slurm(tmp_path, "--retries", "0", PREDICTIONS, background=True)
         try:
             deadline = time.monotonic() + 300
             jobid = _running_job(name, p, deadline)
@@ -567,7 +580,7 @@ def test_sigterm_and_sigkill_mid_subject_lose_at_most_one_checkpoint(
                     / "part00.parquet").exists()
 
     log.unlink()
-    r = real_slurm(tmp_path, "--retries", "0")
+    r = real_slurm(tmp_path, "--retries", "0", PREDICTIONS)
     assert r.returncode == 0, r.stdout[-6000:]
     m = json.loads((tmp_path / f"data/cache/tiny-llama/harness_e47e01b/first{n}"
                     / "part00.metrics.json").read_text())

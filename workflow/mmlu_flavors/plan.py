@@ -77,6 +77,21 @@ def shards(config: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
+def run_flavors(config: dict[str, Any]) -> list[str]:
+    """The flavors the workflow runs logits jobs for, as workflow/rules/common.smk resolves
+    them: `flavors`, then the attribution variants (attr_*) their walks need."""
+    from . import attribution as A
+    from . import flavors as F
+
+    F.register_all(config.get("custom_flavors") or {})
+    flavors = list(config["flavors"])
+    variants = A.variant_definitions(
+        [list(p) for p in config.get("attribution_pairs", A.DEFAULT_PAIRS)],
+        list(config.get("attribution_order", A.DEFAULT_ORDER)),
+        config.get("attribution_variants", "walk"), flavors)
+    return flavors + list(variants)
+
+
 def metrics_files(directory: str | Path, slug: str | None = None) -> list[Path]:
     return sorted((Path(directory) / "data" / "cache").glob(
         f"{slug or '*'}/*/*/*.metrics.json"))
@@ -87,6 +102,7 @@ def plan_table(config: dict[str, Any], directory: str | Path = ".") -> pl.DataFr
     wall time of the jobs (load + forward + overhead, no margin), `gpu_hours` x their GPUs."""
     n = config.get("questions_per_subject")
     cut = shards(config)
+    flavors = run_flavors(config)
     rows = []
     for name in config["models"]:
         entry = config["model_registry"][name]
@@ -96,7 +112,7 @@ def plan_table(config: dict[str, Any], directory: str | Path = ".") -> pl.DataFr
             raise ValueError(f"model_registry: {name}: {e}") from None
         metrics = (R.read_metrics(metrics_files(directory, slugify(name)))
                    if config.get("learned_resources", True) else [])
-        for flavor in config["flavors"]:
+        for flavor in flavors:
             meas = R.measured(metrics, entry, flavor) if metrics else None
             tokens = seconds = 0.0
             questions = 0
@@ -186,8 +202,10 @@ def format_plan(table: pl.DataFrame) -> str:
                    tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
                    float_precision=2, tbl_formatting="MARKDOWN"):
         parts = [
-            "Planned logits jobs per model and flavor (tokens from TOKEN_COUNTS; throughput "
-            "measured by this model's finished jobs where their metrics exist, else assumed):",
+            "Planned logits jobs per model and flavor (attr_*: the attribution's prompt "
+            "variants; tokens from TOKEN_COUNTS, the mean flavor's where a flavor has none; "
+            "throughput measured by this model's finished jobs where their metrics exist, "
+            "else assumed):",
             str(table.with_columns(pl.col("tokens_per_s").round(0).cast(pl.Int64))),
             "Per model:", str(per_model),
         ]

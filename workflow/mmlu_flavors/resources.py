@@ -121,8 +121,10 @@ def host_mem_mb(entry: dict[str, Any], gpus: int) -> int:
 def shard_tokens(flavor: str | None, subjects: Iterable[str] | None,
                  questions_per_subject: int | None) -> float:
     """Tokens the engine runs for one flavor over these subjects (first N questions of each),
-    in the models' tokenizers (TOKEN_COUNTS x TOKENIZER_FACTOR). No flavor: the mean flavor."""
-    flavors = [flavor] if flavor else list(TOKEN_COUNTS)
+    in the models' tokenizers (TOKEN_COUNTS x TOKENIZER_FACTOR). No flavor, or one without
+    counts (custom flavors, attribution variants, later implementations): the mean of the
+    counted flavors."""
+    flavors = [flavor] if flavor in TOKEN_COUNTS else list(TOKEN_COUNTS)
     total = 0.0
     for f in flavors:
         table = TOKEN_COUNTS.get(f) or TOKEN_COUNTS.get(_measured_base(f), {})
