@@ -96,20 +96,20 @@ def shots_first_k(test: Sequence[Q], pool: Sequence[Q], k: int, seed: int = 0) -
     return [first for _ in test]
 
 
-def helm_balanced_sample(pool: Sequence[Q], k: int, seed: int = 0) -> list[int]:
-    """HELM cab5d89 `sample_examples`: label-balanced draw with Python's seeded generator.
-
-    Labels are the text of each row's first correct choice (a choice is correct when its
-    text equals the gold choice's text). Returns pool positions in draw order.
-    """
+def balanced_draw(pool: Sequence[Q], n: int, label: Callable[[Q], str],
+                  seed: int = 0) -> list[int]:
+    """HELM cab5d89 `sample_examples` (lighteval copies it): a label-balanced draw of `n`
+    rows with Python's seeded generator (`random.seed(seed)`): labels sorted, bucketed by
+    size, largest first, each bucket shuffled; cycle over the labels popping `randrange`.
+    Returns pool positions in draw order."""
     rnd = random.Random(seed)  # == random.seed(seed) on the global generator
-    n_left = min(len(pool), k)
+    n_left = min(len(pool), n)
     by_label: dict[str, list[int]] = defaultdict(list)
     for i, q in enumerate(pool):
-        by_label[q.choices[q.answer]].append(i)
+        by_label[label(q)].append(i)
     counts_to_labels: dict[int, list[str]] = defaultdict(list)
-    for label, rows in sorted(by_label.items()):
-        counts_to_labels[len(rows)].append(label)
+    for lab, rows in sorted(by_label.items()):
+        counts_to_labels[len(rows)].append(lab)
     ordered: list[str] = []
     for count in sorted(counts_to_labels, reverse=True):
         labels = counts_to_labels[count]
@@ -118,15 +118,21 @@ def helm_balanced_sample(pool: Sequence[Q], k: int, seed: int = 0) -> list[int]:
     picked: list[int] = []
     labels_iter = cycle(ordered)
     while n_left > 0:
-        label = next(labels_iter, None)
-        if not label:  # HELM stops here, also on an empty-string label
+        lab = next(labels_iter, None)
+        if not lab:  # HELM stops here, also on an empty-string label
             break
-        rows = by_label[label]
+        rows = by_label[lab]
         if not rows:
             continue
         picked.append(rows.pop(rnd.randrange(len(rows))))
         n_left -= 1
-    return picked  # every pool row has a correct choice: HELM's unlabeled remainder is empty
+    return picked  # every pool row has a label: HELM's unlabeled remainder is empty
+
+
+def helm_balanced_sample(pool: Sequence[Q], k: int, seed: int = 0) -> list[int]:
+    """HELM: the balanced draw of k rows labelled by the text of each row's first correct
+    choice (a choice is correct when its text equals the gold choice's text)."""
+    return balanced_draw(pool, k, lambda q: q.choices[q.answer], seed)
 
 
 def shots_helm(test: Sequence[Q], pool: Sequence[Q], k: int, seed: int = 0) -> list[list[int]]:
@@ -180,33 +186,7 @@ def lighteval_balanced_sample(pool: Sequence[Q], k: int, label: Callable[[Q], st
     largest first, each bucket shuffled; cycle over the labels popping `randrange`), but it
     draws k + 1 rows (a spare in case the evaluated doc is among them), once per subject, and
     keeps the first k. A shot from `dev` never equals a test doc (their doc ids differ)."""
-    if k == 0:
-        return []
-    rnd = random.Random(seed)
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for i, q in enumerate(pool):
-        by_label[label(q)].append(i)
-    counts_to_labels: dict[int, list[str]] = defaultdict(list)
-    for lab, rows in sorted(by_label.items()):
-        counts_to_labels[len(rows)].append(lab)
-    ordered: list[str] = []
-    for count in sorted(counts_to_labels, reverse=True):
-        labels = counts_to_labels[count]
-        rnd.shuffle(labels)
-        ordered.extend(labels)
-    picked: list[int] = []
-    n_left = min(len(pool), k + 1)
-    labels_iter = cycle(ordered)
-    while n_left > 0:
-        lab = next(labels_iter, None)
-        if not lab:
-            break
-        rows = by_label[lab]
-        if not rows:
-            continue
-        picked.append(rows.pop(rnd.randrange(len(rows))))
-        n_left -= 1
-    return picked[:k]
+    return balanced_draw(pool, k + 1, label, seed)[:k] if k else []
 
 
 def shots_lighteval_balanced(test: Sequence[Q], pool: Sequence[Q], k: int, seed: int = 0,
