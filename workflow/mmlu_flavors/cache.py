@@ -312,8 +312,9 @@ def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
         for i in pos:
             if keys[i] not in held:
                 todo.setdefault(keys[i], i)
-        stats.reused += sum(1 for i in pos if keys[i] in held)
-        stats.computed += sum(1 for i in pos if keys[i] in todo)
+        # computed: counted as each checkpoint is flushed (what a kill leaves is exact);
+        # reused: held already, or a repeat of an input computed here once
+        stats.reused += len(pos) - len(todo)
         if todo:
             if loaded is None:
                 loaded, stats.load_seconds = _timed(loader or models.load_model, entry,
@@ -367,6 +368,7 @@ def _compute(loaded: Any, store: Store, flavor: str, subject: str, positions: li
                           letters, loaded.tokenizer)
         store.write(flavor, subject, df, {"dtype": loaded.dtype, "device": loaded.device,
                                           "model": loaded.name})
+        stats.computed += len(chunk)
         stats.tokens += es.tokens
         stats.forward_seconds += es.seconds
         stats.segments += 1
