@@ -422,12 +422,12 @@ def validate_definition(name: str, defn: Mapping[str, Any]) -> None:
         raise FlavorError(f"flavor {name!r}: scorers: a scorer is listed twice ({seen})")
 
 
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+def merge_mappings(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """Keys of `over` replace those of `base`; mappings merge key by key; lists are replaced."""
     out = copy.deepcopy(dict(base))
     for k, v in over.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_mappings(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -449,7 +449,7 @@ def derive(name: str, custom: Mapping[str, Any],
         raise FlavorError(f"custom flavor {name!r}: base {base!r} is not a flavor "
                           f"(known: {', '.join(known)})")
     over = {k: v for k, v in custom.items() if k != "base"}
-    defn = _merge(known[base].spec, over)
+    defn = merge_mappings(known[base].spec, over)
     if "scorers" not in over:
         defn["scorers"] = [{"scorer": s["scorer"], "averaging": s["averaging"]}
                            for s in defn["scorers"]]

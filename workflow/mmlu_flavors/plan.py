@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any, Iterable
@@ -29,14 +28,11 @@ log = logging.getLogger(__name__)
 
 def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Snakemake's `--configfile` merge: nested mappings are merged key by key, every other
-    value (lists included) replaces the earlier one."""
-    out = copy.deepcopy(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge_config(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+    value (lists included) replaces the earlier one (`flavors.merge_mappings`, which custom
+    flavors use the same way)."""
+    from .flavors import merge_mappings
+
+    return merge_mappings(base, update)
 
 
 def load_config(configfiles: Iterable[str | Path], directory: str | Path = ".") -> dict[str, Any]:
