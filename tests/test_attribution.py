@@ -179,6 +179,20 @@ def test_variant_definitions_are_the_walks_intermediate_flavors():
         at.variant_definitions([(A, "hlem")])
 
 
+def test_pairs_a_run_cannot_make_are_left_out_with_a_line():
+    """A run that narrows `flavors` keeps the pairs it can attribute and names the others;
+    a misspelt implementation is still an error."""
+    kept, skipped = at.runnable_pairs(at.DEFAULT_PAIRS, ["harness_e47e01b", "helm"])
+    assert kept == [["harness (acc)", "helm"]]
+    assert skipped == ["attribution: pair harness (acc) / original left out: flavor(s) "
+                       "['original'] not in this run's flavors"]
+    assert at.runnable_pairs(at.DEFAULT_PAIRS, ["original"])[0] == []
+    with pytest.raises(ValueError, match="unknown implementation 'hlem'"):
+        at.runnable_pairs([("helm", "hlem")], ["helm"])
+    with pytest.raises(ValueError, match=r"each entry is \[a, b\]"):
+        at.runnable_pairs([("helm",)], ["helm"])
+
+
 def test_endpoints_are_the_published_scores():
     pred = predictions(synthetic_cache({"m1": 0.4, "m2": 1.6},
                                        subjects={"anatomy": 25, "astronomy": 9, "virology": 14}))

@@ -243,11 +243,21 @@ def test_second_run_locked_out_and_killed_snakemake_recovers(tiny_model, tmp_pat
         child = logits_child()
         if child is None:
             pytest.skip("the run finished before a logits job could be observed")
+        # hold the job (and its children) still while the second run tries, so the first run
+        # cannot finish meanwhile however slow the second's start is
+        try:
+            held = [child, *child.children(recursive=True)]
+            for p in held:
+                p.suspend()
+        except psutil.NoSuchProcess:
+            pytest.skip("the logits job ended before it could be held")
         second = snakemake(tmp_path, "--cores", "1", check=False)
         assert second.returncode != 0
         assert "Directory cannot be locked" in second.stderr
         os.kill(first.pid, signal.SIGKILL)  # Snakemake itself, not its job
         first.wait(timeout=60)
+        for p in held:
+            p.resume()
         child.wait(timeout=600)  # the orphaned job ends on its own (its output is atomic)
     finally:
         if first.poll() is None:

@@ -498,13 +498,15 @@ class LogTries:
 
 
 def _progress(log: str) -> tuple[int, int]:
-    """(questions a try flushed in checkpoints, questions it ran through the model after its
-    last checkpoint: lost when it was killed), from its log (checkpoint lines, tqdm)."""
+    """(questions a try flushed in checkpoints, questions of the checkpoint it was inside when
+    it died: run through the model but lost; 0 when it had not started on a question of it),
+    from its log (checkpoint lines, the chunk's 'computing N questions' line, tqdm)."""
     text = log.replace("\r", "\n")
     flushed = sum(int(k) for k in re.findall(r"checkpoint of (\d+) questions written", text))
     tail = re.split(r"questions written[^\n]*\n", text)[-1]
-    done = re.findall(r"forward:[^\n]*?(\d+)/(\d+) \[", tail)
-    return flushed, int(done[-1][0]) if done else 0
+    chunk = re.findall(r"computing (\d+) questions", tail)
+    started = any(int(d) >= 1 for d, _ in re.findall(r"forward:[^\n]*?(\d+)/(\d+) \[", tail))
+    return flushed, int(chunk[-1]) if chunk and started else 0
 
 
 def _inside_checkpoint(log: str, k: int, every: int) -> bool:

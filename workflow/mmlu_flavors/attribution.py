@@ -310,6 +310,29 @@ def variant_name(defn: Mapping[str, Any]) -> str:
     return f"attr_{digest[:10]}"
 
 
+def runnable_pairs(pairs: Sequence[Sequence[str]], flavors: Sequence[str]
+                   ) -> tuple[list[list[str]], list[str]]:
+    """The pairs whose two implementations' flavors are all in `flavors`, and one line per
+    pair left out (a run that narrows `flavors` keeps the attributions it can make). An
+    implementation name that does not exist is an error (ValueError naming it)."""
+    impls = fl.implementations()
+    kept, skipped = [], []
+    for pair in pairs:
+        if len(pair) != 2:
+            raise ValueError(f"attribution_pairs: each entry is [a, b], got {list(pair)!r}")
+        for name in pair:
+            if name not in impls:
+                raise ValueError(f"attribution_pairs: unknown implementation {name!r}; "
+                                 f"known: {', '.join(impls)}")
+        missing = sorted({impls[x].flavor for x in pair} - set(flavors))
+        if missing:
+            skipped.append(f"attribution: pair {pair[0]} / {pair[1]} left out: flavor(s) "
+                           f"{missing} not in this run's flavors")
+        else:
+            kept.append(list(pair))
+    return kept, skipped
+
+
 def variant_definitions(pairs: Sequence[Sequence[str]], order: Sequence[str] = DEFAULT_ORDER,
                         mode: str = "walk", known: Sequence[str] | None = None
                         ) -> dict[str, dict[str, Any]]:

@@ -357,6 +357,8 @@ def _compute(loaded: Any, store: Store, flavor: str, subject: str, positions: li
     start = 0
     while start < len(positions):
         chunk = positions[start:start + step]
+        log.info("%s %s %s: computing %d questions (%d-%d of %d)", loaded.name, flavor, subject,
+                 len(chunk), start + 1, start + len(chunk), len(positions))
         es = engine.EngineStats()
         kwargs = {"max_batch_tokens": max_batch_tokens} if max_batch_tokens else {}
         t = time.perf_counter()

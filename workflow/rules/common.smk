@@ -39,11 +39,14 @@ for _f in FLAVORS:
 # (rendered, run and reduced like any other, into reports/attribution_variants.parquet)
 from mmlu_flavors import attribution as _attr
 
-ATTR_PAIRS = [list(p) for p in config.get("attribution_pairs", _attr.DEFAULT_PAIRS)]
-if "attribution_pairs" not in config:  # the default pairs only where the run has their flavors
-    _impls = _flavors.implementations()
-    ATTR_PAIRS = [p for p in ATTR_PAIRS
-                  if all(x in _impls and _impls[x].flavor in FLAVORS for x in p)]
+try:
+    ATTR_PAIRS, _skipped = _attr.runnable_pairs(
+        config.get("attribution_pairs", _attr.DEFAULT_PAIRS), FLAVORS)
+except ValueError as _e:
+    _fail(str(_e))
+if workflow.is_main_process:
+    for _line in _skipped:
+        print(_line, file=sys.stderr)
 ATTR_ORDER = list(config.get("attribution_order", _attr.DEFAULT_ORDER))
 try:
     VARIANTS = _attr.variant_definitions(ATTR_PAIRS, ATTR_ORDER,
