@@ -189,8 +189,27 @@ def test_pairs_a_run_cannot_make_are_left_out_with_a_line():
     assert at.runnable_pairs(at.DEFAULT_PAIRS, ["original"])[0] == []
     with pytest.raises(ValueError, match="unknown implementation 'hlem'"):
         at.runnable_pairs([("helm", "hlem")], ["helm"])
-    with pytest.raises(ValueError, match=r"each entry is \[a, b\]"):
+    with pytest.raises(ValueError, match=r"each entry is \[a, b\] or \[a, b, mode\]"):
         at.runnable_pairs([("helm",)], ["helm"])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        at.runnable_pairs([("helm", "original", "walks")], ["helm", "original"])
+
+
+def test_a_pair_can_carry_its_own_variants_mode():
+    """[a, b, mode] overrides attribution_variants for that pair only (the embedded default
+    walks harness -> helm and moves harness -> original's prompt factors together)."""
+    run = ["original", "helm", "harness_e47e01b", "harness_current"]
+    helm_walk = at.variant_definitions([("harness (acc)", "helm")], mode="walk", known=run)
+    orig_walk = at.variant_definitions([("harness (acc)", "original")], mode="walk", known=run)
+    assert helm_walk and orig_walk and not set(helm_walk) & set(orig_walk)
+    mixed = at.variant_definitions([("harness (acc)", "helm", "walk"),
+                                    ("harness (acc)", "original")], mode="none", known=run)
+    assert mixed == helm_walk
+    assert at.variant_definitions([("harness (acc)", "helm", "none"),
+                                   ("harness (acc)", "original")], mode="walk",
+                                  known=run) == orig_walk
+    kept, _ = at.runnable_pairs([("harness (acc)", "helm", "walk")], run)
+    assert kept == [["harness (acc)", "helm", "walk"]]
 
 
 def test_endpoints_are_the_published_scores():

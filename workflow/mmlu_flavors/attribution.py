@@ -296,7 +296,7 @@ def attribution_table(pred: pl.DataFrame, pairs: Sequence[Sequence[str]] = DEFAU
     for model in sorted(pred.get_column("model").unique().to_list()):
         correct = pred.filter(pl.col("model") == model)
         sc = Scores.of(correct, n_boot, seed)
-        for a_impl, b_impl in pairs:
+        for a_impl, b_impl, *_ in pairs:  # a pair's own variants mode does not matter here
             frames.append(attribute(correct, model, a_impl, b_impl, variants, order, n_boot,
                                     seed, level, scores=sc))
     return pl.concat(frames) if frames else pl.DataFrame(schema=STEP_SCHEMA)
@@ -313,18 +313,23 @@ def variant_name(defn: Mapping[str, Any]) -> str:
 def runnable_pairs(pairs: Sequence[Sequence[str]], flavors: Sequence[str]
                    ) -> tuple[list[list[str]], list[str]]:
     """The pairs whose two implementations' flavors are all in `flavors`, and one line per
-    pair left out (a run that narrows `flavors` keeps the attributions it can make). An
-    implementation name that does not exist is an error (ValueError naming it)."""
+    pair left out (a run that narrows `flavors` keeps the attributions it can make). A pair
+    is [a, b] or [a, b, mode] (mode: that pair's own `attribution_variants`). An
+    implementation name that does not exist, or a bad mode, is an error (ValueError)."""
     impls = fl.implementations()
     kept, skipped = [], []
     for pair in pairs:
-        if len(pair) != 2:
-            raise ValueError(f"attribution_pairs: each entry is [a, b], got {list(pair)!r}")
-        for name in pair:
+        if len(pair) not in (2, 3):
+            raise ValueError(f"attribution_pairs: each entry is [a, b] or [a, b, mode], "
+                             f"got {list(pair)!r}")
+        if len(pair) == 3 and pair[2] not in VARIANT_MODES:
+            raise ValueError(f"attribution_pairs: {pair[0]} / {pair[1]}: mode must be one of "
+                             f"{VARIANT_MODES}, got {pair[2]!r}")
+        for name in pair[:2]:
             if name not in impls:
                 raise ValueError(f"attribution_pairs: unknown implementation {name!r}; "
                                  f"known: {', '.join(impls)}")
-        missing = sorted({impls[x].flavor for x in pair} - set(flavors))
+        missing = sorted({impls[x].flavor for x in pair[:2]} - set(flavors))
         if missing:
             skipped.append(f"attribution: pair {pair[0]} / {pair[1]} left out: flavor(s) "
                            f"{missing} not in this run's flavors")
@@ -340,8 +345,9 @@ def variant_definitions(pairs: Sequence[Sequence[str]], order: Sequence[str] = D
 
     walk: the intermediate points of each walk (flavor a with b's first k differing prompt
     factors, in `order`); shapley: every combination of the differing prompt factors when
-    there are at most 16, else the walk's. A variant whose prompt factors equal those of a
-    flavor in `known` (the run's flavors) is not repeated.
+    there are at most 16, else the walk's. A pair [a, b, mode] uses its own mode. A variant
+    whose prompt factors equal those of a flavor in `known` (the run's flavors) is not
+    repeated.
     """
     if mode not in VARIANT_MODES:
         raise ValueError(f"attribution_variants must be one of {VARIANT_MODES}, got {mode!r}")
@@ -350,7 +356,12 @@ def variant_definitions(pairs: Sequence[Sequence[str]], order: Sequence[str] = D
     seen = {json.dumps(levels(fl.get_flavor(n).spec), sort_keys=True)
             for n in (known if known is not None else fl.FLAVORS)}
     out: dict[str, dict[str, Any]] = {}
-    for a_impl, b_impl in pairs:
+    for pair in pairs:
+        a_impl, b_impl = pair[0], pair[1]
+        pmode = pair[2] if len(pair) > 2 else mode
+        if pmode not in VARIANT_MODES:
+            raise ValueError(f"attribution_pairs: {a_impl} / {b_impl}: mode must be one of "
+                             f"{VARIANT_MODES}, got {pmode!r}")
         for name in (a_impl, b_impl):
             if name not in impls:
                 raise ValueError(f"attribution_pairs: unknown implementation {name!r}; "
@@ -362,9 +373,9 @@ def variant_definitions(pairs: Sequence[Sequence[str]], order: Sequence[str] = D
                              f"{missing}, which this run does not have (flavors)")
         la, lb = levels(fl.get_flavor(fa).spec), levels(fl.get_flavor(fb).spec)
         diff = [g for g in order if g in PROMPT_FACTORS and la[g] != lb[g]]
-        if mode == "none":
+        if pmode == "none":
             continue
-        if mode == "shapley" and 2 ** len(diff) - 2 <= MAX_EXACT_VARIANTS:
+        if pmode == "shapley" and 2 ** len(diff) - 2 <= MAX_EXACT_VARIANTS:
             subsets = [c for r in range(1, len(diff)) for c in combinations(diff, r)]
         else:
             subsets = [tuple(diff[:k]) for k in range(1, len(diff))]

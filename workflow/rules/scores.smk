@@ -136,7 +136,7 @@ if ATTR_PAIRS:
             csv=report(expand("reports/attribution_{m}.csv", m=MODELS), caption="../report/attribution.rst", category="Attribution"),
             png=report(expand("reports/attribution_{m}.png", m=MODELS), caption="../report/attribution.rst", category="Attribution"),
         params:
-            pairs=json.dumps(ATTR_PAIRS),
+            pairs=json.dumps([p[:2] for p in ATTR_PAIRS]),
             order=",".join(ATTR_ORDER),
             seed=config.get("bootstrap_seed", 0),
             samples=config.get("bootstrap_samples", 1000),
