@@ -92,15 +92,20 @@ def _ours(a: argparse.Namespace, flavors: tuple[str, ...], naive: bool) -> dict:
 
     lm = _load_ours(a.model_dir)
     t_loaded = time.perf_counter()
-    stats = engine.EngineStats()
+    totals = engine.EngineStats()
     real_fast = engine.run_fast
 
-    def counted(model, requests, letter_ids, batch_size=8, progress=True, stats_=None,
-                **kw):
+    def counted(model, requests, letter_ids, batch_size=8, progress=True, stats=None, **kw):
+        """run_fast (or run_naive) with the caller's stats, added up into this run's."""
+        own = stats if stats is not None else engine.EngineStats()
         if naive:
-            return engine.run_naive(model, requests, letter_ids, stats=stats)
-        return real_fast(model, requests, letter_ids, batch_size=batch_size, progress=False,
-                         stats=stats, **kw)
+            out = engine.run_naive(model, requests, letter_ids, stats=own)
+        else:
+            out = real_fast(model, requests, letter_ids, batch_size=batch_size,
+                            progress=False, stats=own, **kw)
+        for f in ("tokens", "pad_tokens", "forwards"):
+            setattr(totals, f, getattr(totals, f) + getattr(own, f))
+        return out
 
     engine.run_fast = counted  # compute_view imports run_fast from the module at call time
     subjects = a.subjects.split(",")
@@ -121,8 +126,8 @@ def _ours(a: argparse.Namespace, flavors: tuple[str, ...], naive: bool) -> dict:
     hc = matrix.filter((pl.col("prompt") == "harness_current")
                        & (pl.col("scorer") == "loglik_letter"))
     return {"compute_s": t_done - t_loaded, "load_s": t_loaded - T_START,
-            "tokens": stats.tokens, "forwards": stats.forwards,
-            "pad_tokens": stats.pad_tokens, "questions": int(hc["n_questions"][0]),
+            "tokens": totals.tokens, "forwards": totals.forwards,
+            "pad_tokens": totals.pad_tokens, "questions": int(hc["n_questions"][0]),
             "score": float(hc["micro"][0]), "matrix_cells": matrix.height}
 
 
