@@ -140,11 +140,13 @@ def test_growing_and_switching_selections(finished_run) -> None:
 
 
 def test_attribution_variants_run(tiny_model, tmp_path) -> None:
-    """attribution_variants: walk renders, runs and reduces the walk's intermediate prompts
-    as flavors of their own; the attribution then moves one factor per step."""
+    """A walked pair renders, runs and reduces the walk's intermediate prompts as flavors of
+    their own; the attribution then moves one factor per step. The pair carries its own mode
+    ([a, b, walk], as the embedded default's harness -> helm) over attribution_variants: none."""
     write_config(tmp_path, tiny_model, ["abstract_algebra"], 1,
                  flavors=["original", "harness_e47e01b"],
-                 attribution_pairs=[["harness (acc)", "original"]], attribution_variants="walk")
+                 attribution_pairs=[["harness (acc)", "original", "walk"]],
+                 attribution_variants="none")
     snakemake(tmp_path, "--cores", "2", "reports/attribution_tiny-llama.csv")
     variants = pl.read_parquet(tmp_path / "reports/attribution_variants.parquet")
     prompts = variants.get_column("prompt").unique().to_list()
