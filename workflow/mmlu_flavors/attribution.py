@@ -310,6 +310,22 @@ def variant_name(defn: Mapping[str, Any]) -> str:
     return f"attr_{digest[:10]}"
 
 
+def _check_pair(pair: Sequence[str], impls: Mapping[str, Any]) -> str | None:
+    """A pair's own variants mode (None: the run's), after checking its shape, mode and
+    implementation names (ValueError naming what is wrong)."""
+    if len(pair) not in (2, 3):
+        raise ValueError(f"attribution_pairs: each entry is [a, b] or [a, b, mode], "
+                         f"got {list(pair)!r}")
+    if len(pair) == 3 and pair[2] not in VARIANT_MODES:
+        raise ValueError(f"attribution_pairs: {pair[0]} / {pair[1]}: mode must be one of "
+                         f"{VARIANT_MODES}, got {pair[2]!r}")
+    for name in pair[:2]:
+        if name not in impls:
+            raise ValueError(f"attribution_pairs: unknown implementation {name!r}; "
+                             f"known: {', '.join(impls)}")
+    return pair[2] if len(pair) == 3 else None
+
+
 def runnable_pairs(pairs: Sequence[Sequence[str]], flavors: Sequence[str]
                    ) -> tuple[list[list[str]], list[str]]:
     """The pairs whose two implementations' flavors are all in `flavors`, and one line per
@@ -319,16 +335,7 @@ def runnable_pairs(pairs: Sequence[Sequence[str]], flavors: Sequence[str]
     impls = fl.implementations()
     kept, skipped = [], []
     for pair in pairs:
-        if len(pair) not in (2, 3):
-            raise ValueError(f"attribution_pairs: each entry is [a, b] or [a, b, mode], "
-                             f"got {list(pair)!r}")
-        if len(pair) == 3 and pair[2] not in VARIANT_MODES:
-            raise ValueError(f"attribution_pairs: {pair[0]} / {pair[1]}: mode must be one of "
-                             f"{VARIANT_MODES}, got {pair[2]!r}")
-        for name in pair[:2]:
-            if name not in impls:
-                raise ValueError(f"attribution_pairs: unknown implementation {name!r}; "
-                                 f"known: {', '.join(impls)}")
+        _check_pair(pair, impls)
         missing = sorted({impls[x].flavor for x in pair[:2]} - set(flavors))
         if missing:
             skipped.append(f"attribution: pair {pair[0]} / {pair[1]} left out: flavor(s) "
@@ -336,6 +343,19 @@ def runnable_pairs(pairs: Sequence[Sequence[str]], flavors: Sequence[str]
         else:
             kept.append(list(pair))
     return kept, skipped
+
+
+def configured(config: Mapping[str, Any], flavors: Sequence[str]
+               ) -> tuple[list[list[str]], list[str], list[str], dict[str, dict[str, Any]]]:
+    """What a workflow config asks of the attribution, for a run of `flavors`: (the pairs it
+    can make, one line per pair left out, the walk's factor order, the prompt variants to run
+    as flavors of their own). The one reading of the attribution_* keys (the Snakefile and
+    `mmlu-flavors plan` both use it); ValueError names a bad value."""
+    pairs, skipped = runnable_pairs(config.get("attribution_pairs", DEFAULT_PAIRS), flavors)
+    order = list(config.get("attribution_order", DEFAULT_ORDER))
+    variants = variant_definitions(pairs, order, config.get("attribution_variants", "walk"),
+                                   flavors)
+    return pairs, skipped, order, variants
 
 
 def variant_definitions(pairs: Sequence[Sequence[str]], order: Sequence[str] = DEFAULT_ORDER,
@@ -357,15 +377,8 @@ def variant_definitions(pairs: Sequence[Sequence[str]], order: Sequence[str] = D
             for n in (known if known is not None else fl.FLAVORS)}
     out: dict[str, dict[str, Any]] = {}
     for pair in pairs:
+        pmode = _check_pair(pair, impls) or mode
         a_impl, b_impl = pair[0], pair[1]
-        pmode = pair[2] if len(pair) > 2 else mode
-        if pmode not in VARIANT_MODES:
-            raise ValueError(f"attribution_pairs: {a_impl} / {b_impl}: mode must be one of "
-                             f"{VARIANT_MODES}, got {pmode!r}")
-        for name in (a_impl, b_impl):
-            if name not in impls:
-                raise ValueError(f"attribution_pairs: unknown implementation {name!r}; "
-                                 f"known: {', '.join(impls)}")
         fa, fb = impls[a_impl].flavor, impls[b_impl].flavor
         missing = [f for f in (fa, fb) if known is not None and f not in known]
         if missing:

@@ -81,11 +81,7 @@ def run_flavors(config: dict[str, Any]) -> list[str]:
 
     F.register_all(config.get("custom_flavors") or {})
     flavors = list(config["flavors"])
-    pairs, _ = A.runnable_pairs(config.get("attribution_pairs", A.DEFAULT_PAIRS), flavors)
-    variants = A.variant_definitions(
-        pairs,
-        list(config.get("attribution_order", A.DEFAULT_ORDER)),
-        config.get("attribution_variants", "walk"), flavors)
+    variants = A.configured(config, flavors)[3]
     return flavors + list(variants)
 
 

@@ -40,21 +40,14 @@ for _f in FLAVORS:
 from mmlu_flavors import attribution as _attr
 
 try:
-    ATTR_PAIRS, _skipped = _attr.runnable_pairs(
-        config.get("attribution_pairs", _attr.DEFAULT_PAIRS), FLAVORS)
-except ValueError as _e:
-    _fail(str(_e))
-if workflow.is_main_process:
-    for _line in _skipped:
-        print(_line, file=sys.stderr)
-ATTR_ORDER = list(config.get("attribution_order", _attr.DEFAULT_ORDER))
-try:
-    VARIANTS = _attr.variant_definitions(ATTR_PAIRS, ATTR_ORDER,
-                                         config.get("attribution_variants", "walk"), FLAVORS)
+    ATTR_PAIRS, _skipped, ATTR_ORDER, VARIANTS = _attr.configured(config, FLAVORS)
     for _name, _defn in VARIANTS.items():
         _flavors.register(_name, _defn)
 except ValueError as _e:
     _fail(f"attribution: {_e}")
+if workflow.is_main_process:
+    for _line in _skipped:
+        print(_line, file=sys.stderr)
 _CUSTOM = list(_CUSTOM) + list(VARIANTS)
 ALL_FLAVORS = FLAVORS + list(VARIANTS)
 
