@@ -19,11 +19,12 @@ output_mapping, gold_letters, max_tokens, temperature, stop_sequences.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
+
+from jsonl_out import write_jsonl  # bench/ (sys.path[0] when run as a script)
 
 HELM_VERSION = "0.5.16"
 
@@ -77,13 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: crfm-helm {version('crfm-helm')} installed, checked against "
               f"{HELM_VERSION}", file=sys.stderr)
     rows = helm_prompts(a.mmlu_dir, a.subjects)
-    out = Path(a.out)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(out)
-    print(f"{len(rows)} rows -> {out}", file=sys.stderr)
+    write_jsonl(a.out, rows)
     return 0
 
 

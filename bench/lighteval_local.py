@@ -41,7 +41,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse
 import dataclasses
-import json
 import sys
 import tempfile
 
@@ -50,6 +49,8 @@ import tempfile
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="lighteval_hf_datasets_"))
 from pathlib import Path
 from typing import Any
+
+from jsonl_out import write_jsonl  # bench/ (sys.path[0] when run as a script)
 
 LIGHTEVAL_VERSION = "0.13.0"
 TASKS = ("mmlu", "mcf")
@@ -263,14 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_version()
     model = None if a.prompts_only else load_model(a.model_dir, a.chat_template)
     rows = run_task(model, a.task, a.mmlu_dir, a.subjects, a.num_fewshot, a.limit)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(out)
-    print(f"{len(rows)} rows -> {out}", file=sys.stderr)
+    write_jsonl(a.out, rows)
     return 0
 
 
