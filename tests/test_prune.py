@@ -302,6 +302,17 @@ def test_fingerprint_patterns_never_depend_on_this_host(tmp_path) -> None:
     gguf = models.fingerprint_pattern({"source": "gguf", "gguf_file": "m.gguf",
                                        "gguf_package": "p"}, tmp_path / "absent", name="g")
     assert gguf.fields is None and "not converted" in gguf.wider[0]
+    conv = tmp_path / "converted"  # a conversion as convert_gguf leaves it (no manifest)
+    conv.mkdir()
+    (conv / "config.json").write_text("{}")
+    (conv / models.IDENTITY_FILE).write_text(json.dumps({"gguf_file": "m.gguf",
+                                                         "gguf_sha256": "9" * 64}))
+    entry = {"source": "gguf", "gguf_file": "m.gguf", "gguf_package": "p", "device": "cpu"}
+    exact = models.fingerprint_pattern(entry, conv, name="g")
+    assert exact.fields == {"dtype": "float32", "device": "cpu", "trust_remote_code": False,
+                            "gguf_sha256": "9" * 64}
+    foreign = models.fingerprint_pattern({**entry, "gguf_file": "n.gguf"}, conv, name="g")
+    assert foreign.fields is None and "foreign" in foreign.wider[0]
     bad = models.fingerprint_pattern({"source": "local", "path": "x", "dtype": "int3"}, name="b")
     assert bad.fields is None and "int3" in bad.wider[0]
 

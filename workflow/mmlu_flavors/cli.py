@@ -139,15 +139,20 @@ def _cache_prune(a: argparse.Namespace) -> None:
     from . import prune
 
     configfiles = a.configfile or ["config.yaml"]
-    conf = prune.configured_patterns(configfiles, a.directory)
-    store = Path(a.store) if a.store else conf.store
+    store = Path(a.store) if a.store else prune.configured_store(configfiles, a.directory)
+    try:  # the jobs' per-file hash memo: a local model directory is not hashed again
+        memo = json.loads((store / "file_hashes.json").read_text())
+    except (OSError, ValueError):
+        memo = {}
+    conf = prune.configured_patterns(configfiles, a.directory, memo if isinstance(memo, dict)
+                                     else {})
     print("config files read: " + ", ".join(map(str, conf.files)))
     for f in prune.other_config_files(a.directory, conf.files):
         print(f"warning: {f} has a model_registry but was not given: stores only it "
               f"configures are not kept (add --configfile {f})", file=sys.stderr)
-    for note in conf.notes:
-        print(f"warning: {note}", file=sys.stderr)
     plan = prune.plan_prune(store, conf.patterns)
+    for note in conf.notes if plan.keep or plan.remove else []:
+        print(f"warning: {note}", file=sys.stderr)
     for d, why in plan.keep:
         if d.fingerprint is None:
             print(f"warning: {d.path}: {why}", file=sys.stderr)

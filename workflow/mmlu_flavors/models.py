@@ -450,6 +450,8 @@ def fingerprint_pattern(entry: dict[str, Any], model_dir: str | Path | None = No
             rev = str(entry.get("revision") or "main")
             pinned = bool(_COMMIT.fullmatch(rev))
             commit = None if pinned else _PENDING_COMMIT
+        if entry.get("source") == "gguf" and model_dir is not None and Path(model_dir).is_dir():
+            check_converted(model_dir, entry)  # a conversion of another GGUF proves nothing
         fp = fingerprint(entry, model_dir, memo, commit=commit, name=name)
     except (ValueError, KeyError, TypeError, OSError) as e:
         why = " ".join(str(e).split()) or type(e).__name__
