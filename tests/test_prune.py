@@ -156,7 +156,7 @@ def test_blog_store_survives_a_prune_given_both_config_files(tmp_path, capsys) -
     assert rc == 0 and _dirs(root) == {llama.name, smol.name}
 
 
-def test_merged_entries_keep_both_runs(tmp_path, capsys) -> None:
+def test_merged_entries_keep_both_runs(tmp_path, monkeypatch) -> None:
     """A study that overrides an entry's dtype (Snakemake merges it over config.yaml): the
     stores of config.yaml's run and of the study's merged run both stay."""
     w = _weights(tmp_path)
@@ -171,6 +171,15 @@ def test_merged_entries_keep_both_runs(tmp_path, capsys) -> None:
     plan = prune.plan_prune(root, conf.patterns)
     assert [d.key for d in plan.remove] == [f16.name]
     assert {d.key for d, _ in plan.keep} == {f32.name, bf16.name}
+    # a relative local path is read from the working directory, wherever prune runs
+    _cfg(tmp_path / "config.yaml", {"tiny": {**entry, "path": w.name}})
+    other = tmp_path / "elsewhere"  # the cwd holds another directory of the same name
+    shutil.copytree(w, other / w.name)
+    (other / w.name / "model.safetensors").write_bytes(b"other weights")
+    monkeypatch.chdir(other)
+    assert not models.fingerprint_pattern({**entry, "path": w.name}).matches(_fp(entry))
+    conf = prune.configured_patterns([], tmp_path)
+    assert conf.patterns[0].matches(_fp(entry))
 
 
 def test_prune_without_yes_moves_nothing_and_prints_the_plan(tmp_path, capsys) -> None:

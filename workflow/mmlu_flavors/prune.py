@@ -122,6 +122,11 @@ def configured_patterns(configfiles: Iterable[str | Path], directory: str | Path
                              else None)
             except ValueError:
                 model_dir = None
+            if (isinstance(entry, dict) and entry.get("source") == "local"
+                    and isinstance(entry.get("path"), str)
+                    and not Path(entry["path"]).expanduser().is_absolute()):
+                # jobs run in the working directory: a relative path is relative to it
+                entry = {**entry, "path": str(directory / entry["path"])}
             pattern = fingerprint_pattern(entry, model_dir, memo, name=str(name))
             if pattern.fields is None:
                 notes.append(f"{name}: {'; '.join(pattern.wider)}: keeping every store "
