@@ -20,7 +20,8 @@ import polars as pl
 import pytest
 
 from mmlu_flavors import cache, engine, models
-from mmlu_flavors.cache import Store, compute_view, list_store, prune_store, read_shards
+from mmlu_flavors import prune
+from mmlu_flavors.cache import Store, compute_view, list_store, read_shards
 from mmlu_flavors.prompts import build_prompts
 from workflow_fixture import ROOT, make_tiny_model
 
@@ -237,10 +238,12 @@ def test_prune_keeps_configured_models(prompts, model_dir, tmp_path) -> None:
     _view(tmp_path, prompts, model_dir, n=1, name="b", entry=_entry(model_dir, dtype="float16"))
     keep = models.model_key(models.fingerprint(_entry(model_dir)))
     assert {p.name for p in (tmp_path / "store").iterdir() if p.is_dir()} >= {keep}
-    gone = prune_store(tmp_path / "store", {keep}, dry_run=True)
-    assert len(gone) == 1 and gone[0].exists()
-    prune_store(tmp_path / "store", {keep})
-    assert not gone[0].exists()
+    pattern = models.fingerprint_pattern(_entry(model_dir), name="a")
+    plan = prune.plan_prune(tmp_path / "store", [pattern])
+    assert [d.key for d, _ in plan.keep] == [keep] and len(plan.remove) == 1
+    assert plan.remove[0].questions == 2 and plan.remove[0].path.exists()
+    batch = prune.quarantine(plan, {})
+    assert not plan.remove[0].path.exists() and (batch / plan.remove[0].key).is_dir()
     assert list_store(tmp_path / "store")["model_key"].unique().to_list() == [keep]
 
 
@@ -266,10 +269,11 @@ def test_cache_cli_lists_and_prunes_by_config(prompts, model_dir, tmp_path) -> N
     assert listed.count("abstract_algebra") == 2 and "tiny" in listed
     keep = models.model_key(models.fingerprint(_entry(model_dir)))
     out = subprocess.run(cli + ["prune", "--store", str(tmp_path / "store"), "--configfile",
-                                str(cfg)], env=env, capture_output=True, text=True,
-                         check=True).stdout
-    assert "removed" in out and f"tiny ({keep})" in out
-    assert [p.name for p in (tmp_path / "store").iterdir() if p.is_dir()] == [keep]
+                                str(cfg), "--yes"], env=env, capture_output=True, text=True,
+                         check=True, cwd=tmp_path).stdout
+    assert "moved 1 store(s)" in out and f"keep    {keep}" in out
+    assert [p.name for p in (tmp_path / "store").iterdir()
+            if p.is_dir() and p.name != prune.QUARANTINE] == [keep]
 
 
 def test_checkpoints_by_count_then_by_time(prompts, model_dir, tmp_path) -> None:

@@ -450,7 +450,8 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-# ---------------------------------------------------------------- plan, list, prune
+# ---------------------------------------------------------------- plan, list
+# (prune and purge: prune.py)
 
 def plan_counts(prompts: pl.DataFrame, store: Store, flavor: str, subjects: list[str],
                 questions_per_subject: int | None, max_length: Any) -> tuple[int, int]:
@@ -471,7 +472,9 @@ def list_store(store_root: str | Path) -> pl.DataFrame:
     """One row per model key x flavor x subject: questions held, segments, bytes, identity."""
     out = []
     root = Path(store_root)
-    for ident_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+    # dot directories (`.pruned/`, the quarantine of `cache prune`) are not model stores
+    for ident_dir in (sorted(p for p in root.iterdir() if p.is_dir()
+                             and not p.name.startswith(".")) if root.is_dir() else []):
         info = _read_json(ident_dir / "identity.json")
         name = info.get("details", {}).get("name", "?")
         for subj_dir in sorted(ident_dir.glob("*/*")):
@@ -489,20 +492,6 @@ def list_store(store_root: str | Path) -> pl.DataFrame:
                                      "flavor": pl.String, "subject": pl.String,
                                      "questions": pl.Int64, "segments": pl.Int64,
                                      "bytes": pl.Int64, "identity": pl.String})
-
-
-def prune_store(store_root: str | Path, keep: set[str], dry_run: bool = False) -> list[Path]:
-    """Remove the store directories of model keys not in `keep`; returns what was (or would
-    be) removed."""
-    import shutil
-
-    root = Path(store_root)
-    gone = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name not in keep] \
-        if root.is_dir() else []
-    if not dry_run:
-        for p in gone:
-            shutil.rmtree(p)
-    return gone
 
 
 # ---------------------------------------------------------------- reading views

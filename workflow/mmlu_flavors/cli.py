@@ -109,7 +109,7 @@ def cmd_logits(a: argparse.Namespace) -> None:
 
 
 def cmd_cache(a: argparse.Namespace) -> None:
-    from .cache import list_store, metrics_table, prune_store
+    from .cache import list_store, metrics_table
 
     if a.action == "summary":
         table = metrics_table(a.metrics)
@@ -118,46 +118,85 @@ def cmd_cache(a: argparse.Namespace) -> None:
                  table["computed"].sum(), table["reused"].sum())
         return
     if a.action == "list":
-        table = list_store(a.store)
+        store = a.store or str(Path(a.directory) / DEFAULT_STORE)
+        table = list_store(store)
         if table.is_empty():
-            print(f"no cached questions under {a.store}")
+            print(f"no cached questions under {store}")
             return
         with pl.Config(tbl_rows=-1, tbl_width_chars=200, fmt_str_lengths=60):
             print(table.drop("identity") if not a.identity else table)
             print(table.group_by("model_key", "model", "flavor").agg(
                 pl.col("questions").sum(), pl.col("bytes").sum()).sort("model_key", "flavor"))
         return
-    keep = configured_model_keys(a.configfile)
-    gone = prune_store(a.store, set(keep.values()), dry_run=a.dry_run)
-    for p in gone:
-        print(f"{'would remove' if a.dry_run else 'removed'} {p}")
-    print(f"kept {len(keep)} configured model(s): "
-          + ", ".join(f"{n} ({k})" for n, k in keep.items()))
+    if a.action == "prune":
+        _cache_prune(a)
+    else:
+        _cache_purge(a)
 
 
-def configured_model_keys(configfiles: list[str]) -> dict[str, str]:
-    """Model name -> store key of every model_registry entry that can be fingerprinted
-    without loading weights (GGUF entries after conversion, local dirs, pinned Hub commits)."""
-    import yaml
+def _cache_prune(a: argparse.Namespace) -> None:
+    """Move the stores no configured entry can have written to the quarantine (--yes)."""
+    from . import prune
 
-    from .models import fingerprint, model_key, slugify
+    configfiles = a.configfile or ["config.yaml"]
+    store = Path(a.store) if a.store else prune.configured_store(configfiles, a.directory)
+    try:  # the jobs' per-file hash memo: a local model directory is not hashed again
+        memo = json.loads((store / "file_hashes.json").read_text())
+    except (OSError, ValueError):
+        memo = {}
+    conf = prune.configured_patterns(configfiles, a.directory, memo if isinstance(memo, dict)
+                                     else {})
+    print("config files read: " + ", ".join(map(str, conf.files)))
+    for f in prune.other_config_files(a.directory, conf.files):
+        print(f"warning: {f} has a model_registry but was not given: stores only it "
+              f"configures are not kept (add --configfile {f})", file=sys.stderr)
+    plan = prune.plan_prune(store, conf.patterns)
+    for note in conf.notes if plan.keep or plan.remove else []:
+        print(f"warning: {note}", file=sys.stderr)
+    for d, why in plan.keep:
+        if d.fingerprint is None:
+            print(f"warning: {d.path}: {why}", file=sys.stderr)
+    print("\n".join(prune.format_plan(plan)))
+    if not plan.remove:
+        print("nothing to remove")
+        return
+    if a.dry_run:
+        print("dry run: nothing was moved")
+        return
+    if not a.yes:
+        print(f"nothing was moved: rerun with --yes to move these {len(plan.remove)} store(s) "
+              f"to {store / prune.QUARANTINE}/ (restorable; `mmlu-flavors cache purge --yes` "
+              "deletes them)")
+        raise SystemExit(1)
+    batch = prune.quarantine(plan, {"configfiles": [str(f) for f in conf.files],
+                                    "directory": str(a.directory)})
+    size = prune.human_bytes(sum(d.bytes for d in plan.remove))
+    print(f"moved {len(plan.remove)} store(s) ({size}) to {batch}/; restore one with "
+          f"`mv {batch}/<model_key> {store}/`; delete them for good with "
+          "`mmlu-flavors cache purge --yes`")
 
-    registry: dict = {}
-    for f in configfiles:
-        registry.update((yaml.safe_load(Path(f).read_text()) or {}).get("model_registry", {}))
-    keys = {}
-    for name, entry in registry.items():
-        model_dir = Path("data/models") / slugify(name) if entry.get("source") == "gguf" else None
-        try:
-            fp = fingerprint(entry, model_dir, name=name)
-        except ValueError as e:
-            log.warning("%s: %s", name, e)
-            continue
-        if fp is None:
-            raise ValueError(f"model {name!r}: its identity is not known without loading it "
-                             "(unconverted GGUF or an unresolved Hub branch); refusing to prune")
-        keys[name] = model_key(fp)
-    return keys
+
+def _cache_purge(a: argparse.Namespace) -> None:
+    """Delete the quarantine that prune filled (--yes)."""
+    from . import prune
+
+    store = Path(a.store) if a.store else prune.configured_store(a.configfile or [],
+                                                                  a.directory)
+    batches = prune.quarantined(store)
+    if not batches:
+        print(f"nothing quarantined under {store / prune.QUARANTINE}")
+        return
+    total = sum(q.bytes for q in batches)
+    print(f"{store / prune.QUARANTINE}: {len(batches)} prune batch(es), "
+          f"{sum(len(q.stores) for q in batches)} store(s), {prune.human_bytes(total)}")
+    print("\n".join(prune.format_quarantine(batches)))
+    if a.dry_run:
+        print("dry run: nothing was deleted")
+        return
+    if not a.yes:
+        print("nothing was deleted: rerun with --yes to delete these for good")
+        raise SystemExit(1)
+    print(f"deleted {prune.human_bytes(prune.purge(batches))}")
 
 
 def cmd_plan(a: argparse.Namespace) -> None:
@@ -261,14 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
     flavor_args(lg)
     lg.set_defaults(fn=cmd_logits)
 
-    ca = sub.add_parser("cache", help="list the cache store, or prune models no longer configured")
-    ca.add_argument("action", choices=["list", "prune", "summary"])
+    ca = sub.add_parser("cache", help="list the cache store; prune (quarantine) the stores no "
+                        "configured model can have written; purge the quarantine")
+    ca.add_argument("action", choices=["list", "prune", "purge", "summary"])
     ca.add_argument("--metrics", nargs="*", default=[], help="summary: the jobs' metrics files")
     ca.add_argument("--out", help="summary: CSV to write")
-    ca.add_argument("--store", default=str(DEFAULT_STORE))
-    ca.add_argument("--configfile", nargs="+", default=["config.yaml"],
-                    help="prune: keep the models of these config files")
-    ca.add_argument("--dry-run", action="store_true", help="prune: only say what would go")
+    ca.add_argument("--store", help="the store (default: the config's cache_store, else "
+                    f"{DEFAULT_STORE})")
+    ca.add_argument("--directory", default=".",
+                    help="the workflow's working directory (its config.yaml is read first, "
+                    "as the Snakefile does; data/models holds converted models)")
+    ca.add_argument("--configfile", nargs="+", action="extend",
+                    help="prune: keep the models of these config files, each merged over "
+                    "DIRECTORY/config.yaml and all merged in order (repeatable; default "
+                    "config.yaml)")
+    ca.add_argument("--dry-run", action="store_true", help="prune/purge: only say what would go")
+    ca.add_argument("--yes", action="store_true", help="prune/purge: do it (without: only say)")
     ca.add_argument("--identity", action="store_true", help="list: show each fingerprint")
     ca.set_defaults(fn=cmd_cache)
 

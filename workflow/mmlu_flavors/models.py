@@ -381,6 +381,95 @@ def device_kind(entry: dict[str, Any]) -> str:
     return "cpu" if device == "cpu" else "cuda"
 
 
+def device_kinds(entry: dict[str, Any]) -> str | None:
+    """The device kind an entry's model may have run on, on ANY host: `cpu` or `cuda` when
+    the entry fixes it, None (any kind: cpu, cuda, mps...) for `device: auto` or
+    `device_map: auto`. Unlike `device_kind`, never depends on the host that asks."""
+    device = str(entry.get("device") or "auto")
+    if device == "auto" or entry.get("device_map") == "auto":
+        return None
+    return "cpu" if device == "cpu" else "cuda"
+
+
+class _AnyValue:
+    """A fingerprint field that may hold any value (`FingerprintPattern`)."""
+
+    def __repr__(self) -> str:
+        return "any"
+
+
+ANY = _AnyValue()
+_PENDING_COMMIT = "0" * 40  # stands for "whatever commit the job resolved"
+
+
+@dataclass(frozen=True)
+class FingerprintPattern:
+    """Every fingerprint a configured entry may have been cached under, on any host.
+
+    `fields` is `fingerprint`'s dict with each host-dependent field widened to `ANY`; a
+    stored fingerprint matches when it has exactly these fields and each equals (or is ANY).
+    Where the weights cannot be known on this host (a local directory or GGUF conversion that
+    is not here, an entry this code cannot read), `fields` is None and every store whose
+    recorded name is `name` matches. `wider` says, in words, why more than one key matches."""
+
+    name: str
+    fields: dict[str, Any] | None
+    wider: tuple[str, ...] = ()
+
+    def matches(self, fp: dict[str, Any], details: dict[str, Any] | None = None) -> bool:
+        if self.fields is None:
+            return (details or {}).get("name") in (None, self.name)
+        return set(fp) == set(self.fields) and all(
+            v is ANY or fp[k] == v for k, v in self.fields.items())
+
+    def describe(self) -> str:
+        if self.fields is None:
+            return "any store recorded under this name"
+        return ", ".join(f"{k}={v!r}" if v is not ANY else f"{k}=any"
+                         for k, v in sorted(self.fields.items()))
+
+
+def fingerprint_pattern(entry: dict[str, Any], model_dir: str | Path | None = None,
+                        memo: dict[str, Any] | None = None, name: str | None = None
+                        ) -> FingerprintPattern:
+    """The fingerprints `entry` may have been cached under, whichever host computed them and
+    whichever host asks (`cache prune`): `fingerprint`, with the fields it reads from this
+    host widened. Host-dependent today: the device kind of `device: auto` / `device_map:
+    auto` (any kind), and the commit a Hub branch resolves to (any commit of that repo: a
+    node resolves it through its own Hub cache, or by loading). dtype is the entry's string
+    (`auto` is not resolved per device) and library versions are not part of the key, so
+    neither widens anything. Never raises: an entry it cannot read gives the by-name pattern."""
+    label = _entry_name(entry, name) if isinstance(entry, dict) else str(name)
+    if not isinstance(entry, dict):
+        return FingerprintPattern(label, None, ("the entry is not a mapping",))
+    wider: list[str] = []
+    pinned = True
+    try:
+        commit = None
+        if entry.get("source") == "hub":
+            rev = str(entry.get("revision") or "main")
+            pinned = bool(_COMMIT.fullmatch(rev))
+            commit = None if pinned else _PENDING_COMMIT
+        if entry.get("source") == "gguf" and model_dir is not None and Path(model_dir).is_dir():
+            check_converted(model_dir, entry)  # a conversion of another GGUF proves nothing
+        fp = fingerprint(entry, model_dir, memo, commit=commit, name=name)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        why = " ".join(str(e).split()) or type(e).__name__
+        return FingerprintPattern(label, None, (f"its identity cannot be read here ({why})",))
+    if fp is None:
+        return FingerprintPattern(label, None, ("not converted on this host: its weights' "
+                                                "sha256 is not known here",))
+    fields: dict[str, Any] = dict(fp)
+    if not pinned:
+        fields["commit"] = ANY
+        wider.append(f"revision {entry.get('revision') or 'main'!r} is a branch: any commit "
+                     f"of {entry['hub_id']}")
+    if "device" in fields and device_kinds(entry) is None:
+        fields["device"] = ANY
+        wider.append("device auto: any device kind")
+    return FingerprintPattern(label, fields, tuple(wider))
+
+
 def _hf_cache_commit(hub_id: str, revision: str) -> str | None:
     """The commit a branch/tag of a Hub repo resolves to in the local Hub cache, if known."""
     try:
