@@ -153,7 +153,8 @@ def _check_blog_jobs(jobs: list[dict]) -> None:
     r7_of = {(j["flavor"], j["shard"]): int(j["runtime"]) for j in by_model["llama-7b"]}
     assert all(int(j["runtime"]) > r7_of[j["flavor"], j["shard"]]
                for j in by_model["llama-65b"])
-    assert sum(r65) > 3 * sum(r7) and max(r65) <= 24 * 60
+    # 7B jobs mostly sit at the 15-minute floor, so the ratio of the sums is below the FLOPs'
+    assert sum(r65) > 2 * sum(r7) and max(r65) <= 24 * 60
     assert int(by_model["llama-65b"][0]["mem_mb"]) > 124_000
     assert 16_000 < int(by_model["llama-7b"][0]["mem_mb"]) < 32_000
     # docs/cluster.md's resource table (bench/doc_figures.py) is what this dry run requests
