@@ -15,6 +15,9 @@ Converted GGUF models are shared between the directories (`data/models` is linke
 figures are the cache's, not the one-off conversion's.
 
     .venv/bin/python bench/bench_cache.py --models smollm2-135m-instruct --out bench/results/cache.json
+
+No --quick: four real Snakemake runs take minutes even on a tiny model; tests/test_workflow.py
+and tests/test_cache_store.py assert the same counts in CI (tests/test_bench_quick.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ import polars as pl
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import machine  # noqa: E402
+
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
@@ -114,11 +121,9 @@ def main() -> None:
     finally:
         if not a.keep:
             shutil.rmtree(base, ignore_errors=True)
-    text = json.dumps(res, indent=2)
-    print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
+    print(json.dumps(res, indent=2))
+    if a.out:  # with the machine's description (bench/machine.py)
+        machine.write_results(a.out, res, load_start=tuple(res["load_average"]))
 
 
 if __name__ == "__main__":

@@ -16,13 +16,15 @@ also run through `run_naive` in the same dtype: largest |fast - naive| and verdi
     PYTHONPATH=workflow python bench/bench_engine.py --models gemma-3-270m --questions 5
 
 Prompts are real MMLU prompts (flavors.py/prompts.py/tokenize.py) from `--mmlu-dir`
-(default resources/mmlu).
+(default resources/mmlu). `--json PATH` writes every figure with the machine's description
+(bench/machine.py). `--quick` (CI, seconds): a tiny random Llama built from a config and a
+small BPE tokenizer trained on MMLU (tests/), one subject x 1 question, both modes, naive
+comparison on 1 request; its timings mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,6 +35,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import machine  # noqa: E402
 
 from mmlu_flavors.engine import EngineStats, run_fast, run_naive  # noqa: E402
 from mmlu_flavors.models import IDENTITY_FILE, convert_gguf, load_model, slugify  # noqa: E402
@@ -130,7 +135,27 @@ def compare(fast, naive) -> tuple[float, int, int]:
     return dev, flips, n
 
 
+def tiny(dtype: str = "float32"):
+    """--quick: a tiny random Llama (tests/conftest_models.py) with a small BPE tokenizer
+    trained on MMLU (tests/tiny_tokenizers.py); no download, no conversion."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest_models import tiny_llama
+    from tiny_tokenizers import bytelevel_no_bos
+
+    from mmlu_flavors.data import read_local
+
+    tok = bytelevel_no_bos(read_local(ROOT / "resources" / "mmlu", ["abstract_algebra"]))
+    model = tiny_llama(vocab=len(tok)).to(getattr(torch, dtype))
+    return SimpleNamespace(model=model, tokenizer=tok, max_length=1024, device="cpu")
+
+
 def load(name: str, dtype: str, workdir: Path):
+    if name == "tiny":
+        t0 = time.perf_counter()
+        lm = tiny(dtype)
+        return lm, time.perf_counter() - t0, None
     d, conv_s = ensure_converted(name, workdir)
     t0 = time.perf_counter()
     lm = load_model({**MODELS[name], "dtype": dtype}, d, name=name)
@@ -146,12 +171,15 @@ def plan_only(args, name: str) -> list[dict]:
 
     from mmlu_flavors.engine import planned_forwards
 
-    d, _ = ensure_converted(name, args.workdir)
-    from transformers import AutoConfig
+    if name == "tiny":
+        lm = tiny()
+    else:
+        d, _ = ensure_converted(name, args.workdir)
+        from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(d).get_text_config()  # models.context_length's rule
-    lm = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(d),
-                         max_length=int(getattr(cfg, "max_position_embeddings", 2048)))
+        cfg = AutoConfig.from_pretrained(d).get_text_config()  # models.context_length's rule
+        lm = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(d),
+                             max_length=int(getattr(cfg, "max_position_embeddings", 2048)))
     out, totals = [], {}
     for flavor in args.flavors.split(","):
         reqs = real_requests(lm, flavor, args.mmlu_dir, subjects=args.subjects.split(","),
@@ -207,11 +235,17 @@ def main() -> None:
                     help="no model: the schedule's tokens per forward (engine.planned_forwards)")
     ap.add_argument("--plan-device", default="cpu",
                     help="--plan-only: whose default max_batch_tokens (cpu, cuda)")
+    ap.add_argument("--quick", action="store_true",
+                    help="CI: a tiny random model, 1 subject x 1 question (seconds)")
     args = ap.parse_args()
+    load0 = machine.load_now()
+    if args.quick:
+        args.models, args.subjects, args.questions = "tiny", "abstract_algebra", 1
+        args.naive = max(args.naive, 1)
     if args.plan_only:
         recs = [r for name in args.models.split(",") for r in plan_only(args, name)]
         if args.json:
-            args.json.write_text(json.dumps(recs, indent=2))
+            machine.write_results(args.json, recs, quick=args.quick, load_start=load0)
         return
     subjects = args.subjects.split(",")
     modes = args.modes.split(",")
@@ -228,9 +262,9 @@ def main() -> None:
         conv = "already converted" if conv_s is None else f"converted in {conv_s:.1f}s"
         print(f"\n== {name}: {conv}, loaded in {load_s:.1f}s, vocab {vocab}, "
               f"max_length {lm.max_length}, device {lm.device}, dtype {args.dtype}")
-        shapes = [(1, 512), (2, 512), (4, 512), (1, 2048)]
+        shapes = [(1, 64)] if args.quick else [(1, 512), (2, 512), (4, 512), (1, 2048)]
         body = {f"{b}x{n}": raw_throughput(lm.model, vocab, b, n, True, 2) for b, n in shapes}
-        raw = raw_throughput(lm.model, vocab, 1, 512, False, 2)
+        raw = raw_throughput(lm.model, vocab, *shapes[0], False, 2)
         best_body = max(body.values())
         print("body-only forward tok/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in body.items())
               + f"; full model(input_ids) 1x512 {raw:,.0f}")
@@ -302,7 +336,7 @@ def main() -> None:
     figures["load_avg"] = {"min": min(loads), "max": max(loads), "samples": loads}
     print(f"load average during the run: min {min(loads):.1f}, max {max(loads):.1f}")
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
+        machine.write_results(args.json, figures, quick=args.quick, load_start=load0)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ in Chromium (Debian's, driven by Playwright): time from navigation to a ready pa
 "implementations disagree" filter over all questions, and to a question of the largest
 subject rendered (its data script loaded on demand).
 
-    PYTHONPATH=workflow .venv/bin/python bench/bench_explorer.py --mmlu resources/mmlu
+    PYTHONPATH=workflow .venv/bin/python bench/bench_explorer.py --mmlu resources/mmlu \
+        --json bench/results/explorer.json
+    .venv/bin/python bench/bench_explorer.py --quick --work /tmp/bx   # CI: 2 subjects, no browser
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "workflow"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import machine  # noqa: E402
 
 from synthetic_cache import cache_for_prompts  # noqa: E402
 
@@ -37,10 +42,11 @@ def _ms(t0: float) -> float:
     return round(1000 * (time.perf_counter() - t0), 1)
 
 
-def prepare(mmlu: Path, work: Path, models: dict[str, float]) -> tuple:
+def prepare(mmlu: Path, work: Path, models: dict[str, float],
+            subjects: list[str] | None = None) -> tuple:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    questions = load_questions(Source("local", str(mmlu)))
+    questions = load_questions(Source("local", str(mmlu)), subjects)
     qpath = work / "questions.parquet"
     questions.write_parquet(qpath)
     prompt_paths, frames = [], []
@@ -97,8 +103,15 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_explorer"))
     ap.add_argument("--rounds", type=int, default=3, help="browser rounds (median reported)")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "")
+    ap.add_argument("--json", type=Path, help="write the figures and the machine here")
+    ap.add_argument("--quick", action="store_true",
+                    help="CI: 2 subjects, no browser (seconds)")
     a = ap.parse_args()
-    inputs = prepare(a.mmlu, a.work, {"model-a": 0.3, "model-b": 1.5})
+    load0 = machine.load_now()
+    subjects = ["abstract_algebra", "anatomy"] if a.quick else None
+    if a.quick:
+        a.chromium = ""
+    inputs = prepare(a.mmlu, a.work, {"model-a": 0.3, "model-b": 1.5}, subjects)
     out = a.work / "reports"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -107,11 +120,21 @@ def main() -> None:
     print(f"build_explorer: {build_s:.1f} s; explorer.html {info['html_bytes'] / 1e6:.2f} MB; "
           f"data {info['data_bytes'] / 1e6:.1f} MB in {info['subjects']} files; largest "
           f"{info['largest_subject']} {info['largest_bytes'] / 1e6:.2f} MB; inline={info['inline']}")
+    record = {"build_s": build_s, **{k: v for k, v in info.items()
+                                     if isinstance(v, (int, float, str, bool))}}
     if not a.chromium:
         print("no chromium: browser timings skipped")
-        return
-    t = browser_timings(out / "explorer.html", a.chromium, info["largest_subject"], a.rounds)
-    print(f"chromium (median of {a.rounds}): page ready {t['ready_ms']:.0f} ms; 'implementations "
+    else:
+        t = browser_timings(out / "explorer.html", a.chromium, info["largest_subject"],
+                            a.rounds)
+        record["chromium"] = t
+        _print_browser(t, a.rounds, info)
+    if a.json:
+        machine.write_results(a.json, record, quick=a.quick, load_start=load0)
+
+
+def _print_browser(t: dict, rounds: int, info: dict) -> None:
+    print(f"chromium (median of {rounds}): page ready {t['ready_ms']:.0f} ms; 'implementations "
           f"disagree' over all questions {t['disagree_filter_ms']:.0f} ms; first question of "
           f"{info['largest_subject']} (loads its data) {t['question_ms']:.0f} ms")
 

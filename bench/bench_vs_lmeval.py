@@ -26,7 +26,11 @@ positions run through the transformer: lm-eval's are counted by wrapping ``HFLM.
 
     .venv/bin/python bench/bench_vs_lmeval.py        # default: SmolLM2, 2 subjects x 4 questions, 3 rounds (~9 min quiet)
     .venv/bin/python bench/bench_vs_lmeval.py --subjects abstract_algebra,anatomy,marketing \\
-        --limit 10 --rounds 3 --json bench.json                       # bigger
+        --limit 10 --rounds 3 --json bench/results/vs_lmeval.json   # bigger
+    .venv/bin/python bench/bench_vs_lmeval.py --quick   # CI: a tiny random model, 1 question,
+                                                        # lmeval, ours_all and raw, 1 round
+
+`--json` writes every run with the machine's description (bench/machine.py).
 """
 
 from __future__ import annotations
@@ -362,7 +366,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--markdown", type=Path, help="write the report here")
     ap.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true",
+                    help="CI: a tiny random model, 1 subject x 1 question, 3 configs, 1 round")
     a = ap.parse_args(argv)
+    if a.quick and not a.child:
+        import quick
+
+        tmp = Path(tempfile.mkdtemp(prefix="bench_vs_lmeval_quick_"))
+        a.model_dir = quick.tiny_model_dir(tmp / "tiny")
+        a.subjects, a.limit, a.rounds, a.raw_length = "abstract_algebra", 1, 1, 32
+        a.configs = "lmeval,ours_all,raw"
+    load0 = tuple(round(x, 2) for x in os.getloadavg())
     if a.child:
         a.model_dir = str(a.model_dir)
         child(a)
@@ -390,8 +404,11 @@ def main(argv: list[str] | None = None) -> None:
     if a.markdown:
         a.markdown.write_text(text + "\n")
     if a.json:
-        a.json.write_text(json.dumps({"machine": mach, "args": {
-            k: str(v) for k, v in vars(a).items()}, "runs": runs}, indent=2))
+        import machine as bench_machine
+
+        bench_machine.write_results(a.json, {"machine_here": mach, "args": {
+            k: str(v) for k, v in vars(a).items()}, "runs": runs}, quick=a.quick,
+            load_start=load0)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 
 Per question: prompt bytes, the gold letter(s), and the request parameters (max_tokens 1,
 temperature 0, no stop sequence in the request, the A-D output mapping). Exit 1 on any difference.
+`--quick` (CI): only the prompt comparison, on the golden rows produced by HELM cab5d89 itself
+(tests/golden/helm.jsonl), no HELM run needed.
 """
 
 from __future__ import annotations
@@ -22,13 +24,19 @@ if str(ROOT / "workflow") not in sys.path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("jsonl")
+    p.add_argument("jsonl", nargs="?")
+    p.add_argument("--quick", action="store_true",
+                   help="compare our helm prompts with tests/golden/helm.jsonl only")
     p.add_argument("--mmlu", default=str(ROOT / "resources" / "mmlu"))
     p.add_argument("--golden", default=None, help="cab5d89 golden rows (subject, index, prompt)")
     a = p.parse_args(argv)
     from mmlu_flavors.data import LETTERS, read_local
     from mmlu_flavors.prompts import build_prompts
 
+    if a.quick:
+        return _quick(a.golden or str(ROOT / "tests" / "golden" / "helm.jsonl"), a.mmlu)
+    if not a.jsonl:
+        p.error("give the JSONL of bench/helm_local.py, or --quick")
     rows = [json.loads(x) for x in open(a.jsonl, encoding="utf-8") if x.strip()]
     subjects = sorted({r["subject"] for r in rows})
     ours = build_prompts(read_local(a.mmlu, subjects), "helm", 5, subjects)
@@ -63,6 +71,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{a.golden}: {same}/{len(gold)} cab5d89 golden prompts equal to 0.5.16's")
         bad += ["golden"] * (len(gold) - same)
     return 1 if bad else 0
+
+
+def _quick(golden: str, mmlu: str) -> int:
+    from mmlu_flavors.data import read_local
+    from mmlu_flavors.prompts import build_prompts
+
+    gold = [json.loads(x) for x in open(golden, encoding="utf-8") if x.strip()]
+    subjects = sorted({g["subject"] for g in gold})
+    ours = {(r["subject"], r["index"]): r["prompt"]
+            for r in build_prompts(read_local(mmlu, subjects), "helm", 5, subjects).iter_rows(
+                named=True)}
+    same = sum(ours.get((g["subject"], g["index"])) == g["prompt"] for g in gold)
+    print(f"{golden}: {same}/{len(gold)} cab5d89 golden prompts equal to our helm flavor")
+    return 0 if gold and same == len(gold) else 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ continuation strings and the gold index must be equal::
         --mmlu resources/mmlu /tmp/le/prompts_mmlu_5.jsonl ...
 
 Prints, per file, questions compared and how many differ (first few shown); exit 1 if any.
+`--quick` (CI) compares the rows lighteval itself recorded in tests/golden/lighteval_prompts.jsonl.
 """
 
 from __future__ import annotations
@@ -64,12 +65,19 @@ def compare(rows: list[dict], questions) -> tuple[int, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("jsonl", nargs="+")
+    p.add_argument("jsonl", nargs="*")
+    p.add_argument("--quick", action="store_true",
+                   help="compare tests/golden/lighteval_prompts.jsonl (lighteval's own rows)")
     p.add_argument("--mmlu", default=str(ROOT / "resources" / "mmlu"))
     a = p.parse_args(argv)
     from mmlu_flavors.data import read_local
 
-    questions = read_local(a.mmlu)
+    if a.quick:
+        a.jsonl = a.jsonl or [str(ROOT / "tests" / "golden" / "lighteval_prompts.jsonl")]
+    if not a.jsonl:
+        p.error("give JSONL files of bench/lighteval_local.py, or --quick")
+    subjects = sorted({r["subject"] for path in a.jsonl for r in load_rows(path)})
+    questions = read_local(a.mmlu, subjects)
     failed = False
     for path in a.jsonl:
         n, bad = compare(load_rows(path), questions)

@@ -153,7 +153,9 @@ def _csv_safe(df: pl.DataFrame) -> pl.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("model_dir")
+    ap.add_argument("model_dir", nargs="?")
+    ap.add_argument("--quick", action="store_true",
+                    help="CI: a tiny random model (bench/quick.py), abstract_algebra x 2, 1 shot")
     ap.add_argument("--flavor", default=FLAVOR, choices=sorted(lmeval_local.FLAVOR_RUNS))
     ap.add_argument("--mmlu", default=str(ROOT / "resources" / "mmlu"))
     ap.add_argument("--subjects", default="abstract_algebra,us_foreign_policy")
@@ -165,6 +167,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="CSV of disagreeing questions")
     ap.add_argument("--all-out", help="also write every question (parquet)")
     a = ap.parse_args(argv)
+    if a.quick:
+        import tempfile
+
+        from bench import quick
+
+        a.model_dir = str(quick.tiny_model_dir(Path(tempfile.mkdtemp()) / "tiny"))
+        a.subjects, a.limit, a.num_fewshot = "abstract_algebra", 2, 1
+    if not a.model_dir:
+        ap.error("give a model directory, or --quick")
     subjects = [s for s in a.subjects.split(",") if s]
     timings: dict = {}
     df = compare(a.model_dir, a.mmlu, subjects, a.limit, a.num_fewshot, a.batch_size,

@@ -61,13 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     from mmlu_flavors.data import SUBJECTS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--flavor", required=True, choices=sorted(lmeval_local.FLAVOR_RUNS))
+    ap.add_argument("--flavor", choices=sorted(lmeval_local.FLAVOR_RUNS))
+    ap.add_argument("--quick", action="store_true",
+                    help="CI: lmeval_continuation on abstract_algebra x 2 questions")
     ap.add_argument("--mmlu", default=str(ROOT / "resources" / "mmlu"))
     ap.add_argument("--subjects", default="all")
     ap.add_argument("--limit", type=int, default=None, help="questions per subject (first N)")
     ap.add_argument("--num-fewshot", type=int, default=5)
     ap.add_argument("--tokenizer", help="model directory whose tokenizer renders chat")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.flavor, a.subjects, a.limit = a.flavor or "lmeval_continuation", "abstract_algebra", 2
+    if not a.flavor:
+        ap.error("--flavor is required")
     subjects = list(SUBJECTS) if a.subjects == "all" else a.subjects.split(",")
     tok = None
     if a.tokenizer:

@@ -20,6 +20,10 @@ tokenizer (bench/gpu_prompts.json.gz, written by bench/gpu_prompts.py). Per mode
 
     bash bench/gpu_check.sh                    # on the GPU machine: < 8 min, writes gpu_check.json
     python bench/gpu_check.py --device cpu --quick --out /tmp/gpu_check_cpu.json   # smoke test
+
+`--quick` (CI, seconds on a CPU): the first model only, 2 narrow layers, the 2 shortest
+questions per flavor, float32 only, one small raw-forward shape: checks that it runs, its figures mean
+nothing. The JSON carries the machine's description (bench/machine.py).
 """
 
 from __future__ import annotations
@@ -197,9 +201,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("gpu_check.json"))
     a = ap.parse_args()
     t_start = time.perf_counter()
+    load0 = tuple(round(x, 2) for x in __import__("os").getloadavg())
     data = json.loads(gzip.open(a.prompts, "rt", encoding="utf-8").read())
     letters = data["letter_ids"]
     per_flavor = 2 if a.quick else None
+    if a.quick:  # the shortest requests: full-vocabulary logits of long ones are slow on a CPU
+        data["flavors"] = {f: sorted(rows, key=lambda r: len(r["context"]))
+                           for f, rows in data["flavors"].items()}
     flavors = {f: [Request(r["context"], r["continuations"], r["max_length"])
                    for r in rows[:per_flavor]] for f, rows in data["flavors"].items()}
     naive_n = min(a.naive, 2) if a.quick else a.naive
@@ -216,10 +224,13 @@ def main() -> None:
         report["gpu_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
     all_reqs = [r for rs in flavors.values() for r in rs]
     minimum = {f: minimum_tokens(rs) for f, rs in flavors.items()}
-    for name in a.models.split(","):
+    import machine
+
+    report["machine"] = machine.describe(load0)
+    for name in a.models.split(",")[:1 if a.quick else None]:
         m: dict = {"config": {**CONFIGS[name], **(QUICK if a.quick else {})}}
         report["models"][name] = m
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (torch.float32,) if a.quick else (torch.float32, torch.bfloat16):
             dn = str(dtype).removeprefix("torch.")
             t0 = time.perf_counter()
             model = build(CONFIGS[name], a.device, dtype, a.quick)
@@ -237,7 +248,8 @@ def main() -> None:
                     and name != next(iter(CONFIGS)):
                 del model
                 continue  # fp32 throughput for the small model only (time budget)
-            shapes = sorted({(max(1, budget // w), w) for w in (256, 512, 1024)})
+            shapes = ([(2, 128)] if a.quick else
+                      sorted({(max(1, budget // w), w) for w in (256, 512, 1024)}))
             d["raw_body_tok_s"] = raw_body(model, a.device, shapes, CONFIGS[name]["vocab_size"])
             best = max(d["raw_body_tok_s"].values())
             for f, rs in flavors.items():
@@ -268,6 +280,7 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
                 torch.cuda.empty_cache()
     report["total_seconds"] = time.perf_counter() - t_start
+    report["machine"]["load_average_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
     a.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {a.out} in {report['total_seconds']:.0f}s")
 

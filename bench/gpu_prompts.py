@@ -5,6 +5,8 @@ Token ids come from the flavors' own token rules (`tokenize.tokenize_row`) with 
 SmolLM2-135M-Instruct tokenizer (49,152 ids), so they fit every model gpu_check builds.
 
     PYTHONPATH=workflow python bench/gpu_prompts.py      # ~1 min; the file is ~1 MB
+    python bench/gpu_prompts.py --quick --out /tmp/p.json.gz   # CI: a small trained tokenizer,
+                                                               # 1 subject x 2 questions
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 
 SUBJECTS = "abstract_algebra,anatomy,high_school_biology,marketing"
+FLAVORS = ("original", "helm", "harness_e47e01b", "harness_current")  # what gpu_check runs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     from mmlu_flavors.data import read_local
     from mmlu_flavors.prompts import build_prompts
-    from mmlu_flavors.reduce import FLAVORS
     from mmlu_flavors.tokenize import letter_ids, tokenize_row
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -37,11 +39,27 @@ def main() -> None:
                     default=ROOT / "data" / "models" / "smollm2-135m-instruct")
     ap.add_argument("--mmlu-dir", type=Path, default=ROOT / "resources" / "mmlu")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "gpu_prompts.json.gz")
-    a = ap.parse_args()
-    tok = AutoTokenizer.from_pretrained(a.tokenizer)
+    ap.add_argument("--quick", action="store_true",
+                    help="CI: a small BPE tokenizer trained on MMLU, 1 subject x 2 questions")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.subjects, a.questions = "abstract_algebra", 2
     subjects = a.subjects.split(",")
     qs = read_local(a.mmlu_dir, subjects)
-    out = {"tokenizer": "SmolLM2-135M-Instruct (embedded GGUF, converted)",
+    if a.quick:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from tiny_tokenizers import bytelevel_no_bos
+
+        tok, tok_name = bytelevel_no_bos(qs), "tiny byte-level BPE (--quick)"
+    else:
+        if not (a.tokenizer / "tokenizer.json").exists():
+            sys.path.insert(0, str(ROOT / "bench"))
+            from lmeval_local import smollm2_model_dir
+
+            a.tokenizer = smollm2_model_dir()
+        tok = AutoTokenizer.from_pretrained(a.tokenizer)
+        tok_name = "SmolLM2-135M-Instruct (embedded GGUF, converted)"
+    out = {"tokenizer": tok_name,
            "vocab_size": len(tok), "max_length": a.max_length, "subjects": subjects,
            "questions_per_subject": a.questions, "letter_ids": letter_ids(tok), "flavors": {}}
     for flavor in FLAVORS:

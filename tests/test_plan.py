@@ -38,14 +38,17 @@ def _plan(cwd: Path, *args: str) -> str:
 
 
 def _expected_gpu_hours(entry: dict, flavor: str) -> float:
-    """Assumed: per shard of 8 subjects, (load + forward FLOPs + weight streaming) x GPUs."""
+    """Assumed: per shard of 8 subjects, (load + forward FLOPs + weight streaming of the
+    schedule's forward calls) x GPUs."""
     gpus = R.gpu_count(entry)
     total = 0.0
     for i in range(0, len(SUBJECTS), BLOG["subjects_per_shard"]):
         subjects = SUBJECTS[i:i + BLOG["subjects_per_shard"]]
         tokens = R.shard_tokens(flavor, subjects, None)
+        forwards = R.shard_forwards(flavor, subjects, None)
+        assert 0 < forwards < R.shard_questions(subjects, None) * 2  # not 2 per question
         total += R.load_seconds(entry) + R.compute_seconds(
-            entry, tokens, R.shard_questions(subjects, None), gpus)
+            entry, tokens, R.shard_questions(subjects, None), gpus, forwards)
     return total / 3600 * gpus
 
 

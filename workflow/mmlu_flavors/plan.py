@@ -1,7 +1,8 @@
 """What a run costs: planned GPU-hours before it, used GPU-hours after it (docs/cluster.md).
 
 * `plan_table(config, metrics)`: per model x flavor, the logits jobs of the configured shards,
-  their tokens (TOKEN_COUNTS) and the best available throughput: measured by this model's
+  their tokens and forwards (TOKEN_COUNTS, FORWARDS: resources/token_counts.json) and the best
+  available throughput: measured by this model's
   finished jobs (their metrics files, `resources.measured`) or else assumed
   (`resources.compute_seconds`); says which. Offline: no model, network or cluster.
 * `used_gpu_hours(metrics_files)`: per model and device, what the finished jobs used.
@@ -116,7 +117,8 @@ def plan_table(config: dict[str, Any], directory: str | Path = ".") -> pl.DataFr
                     t, s = R.learned_seconds(meas, flavor, subjects, n)
                 else:
                     t = R.shard_tokens(flavor, subjects, n)
-                    s = R.load_seconds(entry) + R.compute_seconds(entry, t, q, gpus)
+                    s = R.load_seconds(entry) + R.compute_seconds(
+                        entry, t, q, gpus, R.shard_forwards(flavor, subjects, n))
                 tokens += t
                 seconds += s
             if meas:
@@ -125,7 +127,8 @@ def plan_table(config: dict[str, Any], directory: str | Path = ".") -> pl.DataFr
                          + ("" if meas.flavor_matched else " (other flavors)"))
             else:
                 compute = sum(R.compute_seconds(entry, R.shard_tokens(flavor, s, n),
-                                                R.shard_questions(s, n), gpus)
+                                                R.shard_questions(s, n), gpus,
+                                                R.shard_forwards(flavor, s, n))
                               for s in cut.values())
                 tps = tokens / compute if compute else None
                 basis = ("assumed: " + (f"{R.ACHIEVED_FLOPS / 1e12:.0f} TFLOP/s per job "

@@ -23,11 +23,12 @@ How each resource is derived (GiB = 2**30 bytes; an "80 GB" A100/H100 has 80 GiB
 * `runtime` (minutes) = ceil(1.5 x (load + compute) / 60) + 10, rounded up to 5 minutes,
   at least 15, where compute = 2 x params x tokens / ACHIEVED_FLOPS (forward FLOPs; the
   engine runs one forward pass per prompt, so no backward/generation terms), tokens = the
-  tokens the engine runs for this shard's subjects and flavor (TOKEN_COUNTS, measured by
-  bench/token_counts.py on the full test set, scaled to `questions_per_subject`, times
-  TOKENIZER_FACTOR), plus the weight streaming of small forwards: every forward reads all
-  weights from GPU memory, questions x FORWARDS_PER_QUESTION x weights / HBM_BYTES_PER_S
-  (forwards of a few tokens are bandwidth-bound; counted in addition, conservatively), and
+  tokens the engine runs for this shard's subjects and flavor (TOKEN_COUNTS, planned by
+  bench/token_counts.py on the full test set, resources/token_counts.json, scaled to
+  `questions_per_subject`, times TOKENIZER_FACTOR), plus the weight streaming: every forward
+  reads all weights from GPU memory, forwards x weights / HBM_BYTES_PER_S, where forwards =
+  the forward calls of the same planned schedule (FORWARDS, same file and scaling; counted in
+  addition to the FLOPs, conservatively), and
   load = weights / LOAD_BYTES_PER_S + 60 s. With `device_map: auto`
   the GPUs work one after another, so compute time does not shrink with more GPUs. An
   entry's `runtime_min` overrides.
@@ -55,6 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from .io import atomic_write_text
+
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
 GIB = 2**30
 GPU_HEADROOM = 1.2          # x weights
@@ -69,7 +72,6 @@ ACHIEVED_FLOPS = A100_PEAK_FLOPS * ACHIEVED_FRACTION
 CPU_FLOPS = 20e9            # a CPU job (2 threads, fp32); only the tiny test models run there
 LOAD_BYTES_PER_S = 0.5e9    # reading weights from a shared filesystem / HF cache
 HBM_BYTES_PER_S = 1.5e12    # achieved GPU memory bandwidth (A100-80GB peak 2.0 TB/s)
-FORWARDS_PER_QUESTION = 2   # context suffix, then one batch of continuations
 TOKENIZER_FACTOR = 1.2      # LLaMA-1 SentencePiece (32k) vs SmolLM2 BPE (49k): assumed
 RUNTIME_MARGIN, RUNTIME_FIXED_MIN, RUNTIME_MIN_MIN = 1.5, 10, 15
 TOKENS_PER_QUESTION_FALLBACK = 2000  # a subject missing from TOKEN_COUNTS
@@ -118,28 +120,51 @@ def host_mem_mb(entry: dict[str, Any], gpus: int) -> int:
     return int(math.ceil(gib * 1024 / 100) * 100)
 
 
+def _scaled(per_subject: dict[str, dict[str, tuple[int, int]]], flavor: str | None,
+            subjects: Iterable[str] | None, questions_per_subject: int | None,
+            fallback_per_question: float) -> float:
+    """Sum over these subjects of a per-subject count (questions, count), scaled to the first
+    N questions; the flavor's own table, else its base flavor's, else the mean of the counted
+    flavors."""
+    table = per_subject.get(flavor or "")
+    if not table and flavor:
+        table = per_subject.get(_measured_base(flavor) or "")
+    tables = [table] if table else [per_subject[f] for f in COUNTED_FLAVORS if f in per_subject]
+    total = 0.0
+    for t in tables:
+        for s in (subjects if subjects is not None else t):
+            q, value = t.get(s, (100, 100 * fallback_per_question))
+            frac = 1.0 if questions_per_subject is None else min(questions_per_subject, q) / q
+            total += value * frac
+    return total / len(tables)
+
+
 def shard_tokens(flavor: str | None, subjects: Iterable[str] | None,
                  questions_per_subject: int | None) -> float:
     """Tokens the engine runs for one flavor over these subjects (first N questions of each),
-    in the models' tokenizers (TOKEN_COUNTS x TOKENIZER_FACTOR). No flavor, or one without
-    counts (custom flavors, attribution variants, later implementations): the mean of the
-    counted flavors."""
-    flavors = [flavor] if flavor in TOKEN_COUNTS else list(TOKEN_COUNTS)
-    total = 0.0
-    for f in flavors:
-        table = TOKEN_COUNTS.get(f) or TOKEN_COUNTS.get(_measured_base(f), {})
-        for s in (subjects if subjects is not None else table):
-            q, tokens = table.get(s, (100, 100 * TOKENS_PER_QUESTION_FALLBACK))
-            frac = 1.0 if questions_per_subject is None else min(questions_per_subject, q) / q
-            total += tokens * frac
-    return total / len(flavors) * TOKENIZER_FACTOR
+    in the models' tokenizers (TOKEN_COUNTS x TOKENIZER_FACTOR). A flavor without counts
+    (custom flavors without counted base, attribution variants of other pairs or orders,
+    later implementations) or no flavor: the mean of the four counted flavors."""
+    return _scaled(TOKEN_COUNTS, flavor, subjects, questions_per_subject,
+                   TOKENS_PER_QUESTION_FALLBACK) * TOKENIZER_FACTOR
 
 
-def _measured_base(flavor: str) -> str | None:
+def shard_forwards(flavor: str | None, subjects: Iterable[str] | None,
+                   questions_per_subject: int | None) -> float:
+    """Forward calls the engine makes for one flavor over these subjects (FORWARDS, the same
+    planned schedule as TOKEN_COUNTS, scaled like shard_tokens, x TOKENIZER_FACTOR: more
+    tokens fill more forwards of a fixed budget)."""
+    table = {f: {s: (TOKEN_COUNTS[f][s][0], n) for s, n in t.items()}
+             for f, t in FORWARDS.items()}
+    return _scaled(table, flavor, subjects, questions_per_subject,
+                   FORWARDS_PER_QUESTION) * TOKENIZER_FACTOR
+
+
+def _measured_base(flavor: str | None) -> str | None:
     """A custom flavor without measured counts uses those of the flavor it derives from."""
     from .flavors import FLAVORS
 
-    fl = FLAVORS.get(flavor)
+    fl = FLAVORS.get(flavor) if flavor else None
     return fl.spec.get("derived_from") if fl is not None else None
 
 
@@ -156,13 +181,17 @@ def load_seconds(entry: dict[str, Any]) -> float:
     return weights_bytes(entry) / LOAD_BYTES_PER_S + 60
 
 
-def compute_seconds(entry: dict[str, Any], tokens: float, questions: int, gpus: int) -> float:
-    """Forward FLOPs at the assumed throughput, plus weight streaming on a GPU."""
+def compute_seconds(entry: dict[str, Any], tokens: float, questions: int, gpus: int,
+                    forwards: float | None = None) -> float:
+    """Forward FLOPs at the assumed throughput, plus weight streaming on a GPU: `forwards`
+    calls (shard_forwards; None: questions x the schedule's mean FORWARDS_PER_QUESTION), each
+    reading all weights."""
     flops = 2 * float(entry.get("params_b", 1.0)) * 1e9 * tokens
     if not gpus:
         return flops / CPU_FLOPS
-    stream = questions * FORWARDS_PER_QUESTION * weights_bytes(entry) / HBM_BYTES_PER_S
-    return flops / ACHIEVED_FLOPS + stream
+    if forwards is None:
+        forwards = questions * FORWARDS_PER_QUESTION
+    return flops / ACHIEVED_FLOPS + forwards * weights_bytes(entry) / HBM_BYTES_PER_S
 
 
 def _round_runtime(seconds: float, margin: float) -> int:
@@ -170,8 +199,9 @@ def _round_runtime(seconds: float, margin: float) -> int:
     return max(RUNTIME_MIN_MIN, 5 * math.ceil(minutes / 5))
 
 
-def runtime_minutes(entry: dict[str, Any], tokens: float, gpus: int, questions: int = 0) -> int:
-    compute = compute_seconds(entry, tokens, questions, gpus)
+def runtime_minutes(entry: dict[str, Any], tokens: float, gpus: int, questions: int = 0,
+                    forwards: float | None = None) -> int:
+    compute = compute_seconds(entry, tokens, questions, gpus, forwards)
     return _round_runtime(load_seconds(entry) + compute, RUNTIME_MARGIN)
 
 
@@ -358,7 +388,8 @@ def model_resources(entry: dict[str, Any], flavor: str | None = None,
         runtime = learned_runtime_minutes(meas, flavor, subjects, questions_per_subject)
     else:
         runtime = runtime_minutes(entry, shard_tokens(flavor, subjects, questions_per_subject),
-                                  gpus, shard_questions(subjects, questions_per_subject))
+                                  gpus, shard_questions(subjects, questions_per_subject),
+                                  shard_forwards(flavor, subjects, questions_per_subject))
     res: dict[str, Any] = {
         "mem_mb": grown_mem_mb(mem, attempt, max_mem_mb),
         "runtime": grown_runtime(runtime, attempt, max_runtime_min),
@@ -371,243 +402,55 @@ def model_resources(entry: dict[str, Any], flavor: str | None = None,
     return res
 
 
-# BEGIN TOKEN_COUNTS (generated by bench/token_counts.py, tokenizer smollm2-135m-instruct)
-TOKEN_COUNTS = {
-    'original': {
-        'abstract_algebra': (100, 8406),
-        'anatomy': (135, 12416),
-        'astronomy': (152, 19505),
-        'business_ethics': (100, 11049),
-        'clinical_knowledge': (265, 28664),
-        'college_biology': (144, 15999),
-        'college_chemistry': (100, 12277),
-        'college_computer_science': (100, 15028),
-        'college_mathematics': (100, 11013),
-        'college_medicine': (173, 26066),
-        'college_physics': (102, 13816),
-        'computer_security': (100, 9799),
-        'conceptual_physics': (235, 13950),
-        'econometrics': (114, 21129),
-        'electrical_engineering': (145, 10077),
-        'elementary_mathematics': (378, 43287),
-        'formal_logic': (126, 23106),
-        'global_facts': (100, 8263),
-        'high_school_biology': (310, 43184),
-        'high_school_chemistry': (203, 28266),
-        'high_school_computer_science': (100, 16733),
-        'high_school_european_history': (165, 144260),
-        'high_school_geography': (198, 13298),
-        'high_school_government_and_politics': (193, 24050),
-        'high_school_macroeconomics': (390, 48355),
-        'high_school_mathematics': (270, 30743),
-        'high_school_microeconomics': (238, 29865),
-        'high_school_physics': (151, 25326),
-        'high_school_psychology': (545, 54040),
-        'high_school_statistics': (216, 45792),
-        'high_school_us_history': (204, 133017),
-        'high_school_world_history': (237, 100434),
-        'human_aging': (223, 14965),
-        'human_sexuality': (131, 10352),
-        'international_law': (121, 24367),
-        'jurisprudence': (108, 11208),
-        'logical_fallacies': (163, 16499),
-        'machine_learning': (112, 12498),
-        'management': (103, 6482),
-        'marketing': (234, 21522),
-        'medical_genetics': (100, 8067),
-        'miscellaneous': (783, 56879),
-        'moral_disputes': (346, 46285),
-        'moral_scenarios': (895, 72785),
-        'nutrition': (306, 41387),
-        'philosophy': (311, 32501),
-        'prehistory': (324, 40055),
-        'professional_accounting': (282, 49826),
-        'professional_law': (1534, 1121633),
-        'professional_medicine': (272, 65930),
-        'professional_psychology': (612, 77507),
-        'public_relations': (110, 8665),
-        'security_studies': (245, 81463),
-        'sociology': (201, 27099),
-        'us_foreign_policy': (100, 9678),
-        'virology': (166, 13118),
-        'world_religions': (171, 10015),
-    },
-    'helm': {
-        'abstract_algebra': (100, 8417),
-        'anatomy': (135, 12427),
-        'astronomy': (152, 19516),
-        'business_ethics': (100, 10859),
-        'clinical_knowledge': (265, 28675),
-        'college_biology': (144, 16010),
-        'college_chemistry': (100, 12289),
-        'college_computer_science': (100, 15039),
-        'college_mathematics': (100, 11021),
-        'college_medicine': (173, 26076),
-        'college_physics': (102, 13827),
-        'computer_security': (100, 9809),
-        'conceptual_physics': (235, 13961),
-        'econometrics': (114, 21140),
-        'electrical_engineering': (145, 10088),
-        'elementary_mathematics': (378, 43297),
-        'formal_logic': (126, 23187),
-        'global_facts': (100, 8274),
-        'high_school_biology': (310, 43195),
-        'high_school_chemistry': (203, 28277),
-        'high_school_computer_science': (100, 16744),
-        'high_school_european_history': (165, 139622),
-        'high_school_geography': (198, 13309),
-        'high_school_government_and_politics': (193, 24061),
-        'high_school_macroeconomics': (390, 48300),
-        'high_school_mathematics': (270, 30698),
-        'high_school_microeconomics': (238, 29876),
-        'high_school_physics': (151, 25337),
-        'high_school_psychology': (545, 54051),
-        'high_school_statistics': (216, 45803),
-        'high_school_us_history': (204, 80644),
-        'high_school_world_history': (237, 100445),
-        'human_aging': (223, 14976),
-        'human_sexuality': (131, 10362),
-        'international_law': (121, 24378),
-        'jurisprudence': (108, 11219),
-        'logical_fallacies': (163, 16510),
-        'machine_learning': (112, 12509),
-        'management': (103, 6492),
-        'marketing': (234, 21429),
-        'medical_genetics': (100, 8078),
-        'miscellaneous': (783, 56890),
-        'moral_disputes': (346, 46297),
-        'moral_scenarios': (895, 72796),
-        'nutrition': (306, 41398),
-        'philosophy': (311, 31309),
-        'prehistory': (324, 40066),
-        'professional_accounting': (282, 49741),
-        'professional_law': (1534, 1209011),
-        'professional_medicine': (272, 65941),
-        'professional_psychology': (612, 77518),
-        'public_relations': (110, 8676),
-        'security_studies': (245, 81474),
-        'sociology': (201, 27110),
-        'us_foreign_policy': (100, 9689),
-        'virology': (166, 13129),
-        'world_religions': (171, 9806),
-    },
-    'harness_e47e01b': {
-        'abstract_algebra': (100, 46177),
-        'anatomy': (135, 65258),
-        'astronomy': (152, 93401),
-        'business_ethics': (100, 53747),
-        'clinical_knowledge': (265, 129889),
-        'college_biology': (144, 79757),
-        'college_chemistry': (100, 70646),
-        'college_computer_science': (100, 77626),
-        'college_mathematics': (100, 65012),
-        'college_medicine': (173, 116516),
-        'college_physics': (102, 65834),
-        'computer_security': (100, 74994),
-        'conceptual_physics': (235, 82192),
-        'econometrics': (114, 86738),
-        'electrical_engineering': (145, 63204),
-        'elementary_mathematics': (378, 220866),
-        'formal_logic': (126, 113741),
-        'global_facts': (100, 47675),
-        'high_school_biology': (310, 186057),
-        'high_school_chemistry': (203, 152278),
-        'high_school_computer_science': (100, 75015),
-        'high_school_european_history': (165, 1415681),
-        'high_school_geography': (198, 72846),
-        'high_school_government_and_politics': (193, 105088),
-        'high_school_macroeconomics': (390, 210297),
-        'high_school_mathematics': (270, 157082),
-        'high_school_microeconomics': (238, 123775),
-        'high_school_physics': (151, 119635),
-        'high_school_psychology': (545, 256296),
-        'high_school_statistics': (216, 183738),
-        'high_school_us_history': (204, 953548),
-        'high_school_world_history': (237, 1967682),
-        'human_aging': (223, 84807),
-        'human_sexuality': (131, 56979),
-        'international_law': (121, 103461),
-        'jurisprudence': (108, 64666),
-        'logical_fallacies': (163, 86793),
-        'machine_learning': (112, 73667),
-        'management': (103, 36361),
-        'marketing': (234, 111451),
-        'medical_genetics': (100, 50201),
-        'miscellaneous': (783, 287920),
-        'moral_disputes': (346, 201899),
-        'moral_scenarios': (895, 617084),
-        'nutrition': (306, 158798),
-        'philosophy': (311, 156772),
-        'prehistory': (324, 192817),
-        'professional_accounting': (282, 238052),
-        'professional_law': (1534, 3781703),
-        'professional_medicine': (272, 328379),
-        'professional_psychology': (612, 398146),
-        'public_relations': (110, 67681),
-        'security_studies': (245, 314522),
-        'sociology': (201, 112398),
-        'us_foreign_policy': (100, 55507),
-        'virology': (166, 95659),
-        'world_religions': (171, 57424),
-    },
-    'harness_current': {
-        'abstract_algebra': (100, 8405),
-        'anatomy': (135, 12415),
-        'astronomy': (152, 19504),
-        'business_ethics': (100, 10847),
-        'clinical_knowledge': (265, 28663),
-        'college_biology': (144, 15998),
-        'college_chemistry': (100, 12276),
-        'college_computer_science': (100, 15027),
-        'college_mathematics': (100, 11012),
-        'college_medicine': (173, 26065),
-        'college_physics': (102, 13815),
-        'computer_security': (100, 9798),
-        'conceptual_physics': (235, 13949),
-        'econometrics': (114, 21128),
-        'electrical_engineering': (145, 10076),
-        'elementary_mathematics': (378, 43286),
-        'formal_logic': (126, 22838),
-        'global_facts': (100, 8262),
-        'high_school_biology': (310, 43183),
-        'high_school_chemistry': (203, 28265),
-        'high_school_computer_science': (100, 16732),
-        'high_school_european_history': (165, 1597440),
-        'high_school_geography': (198, 13297),
-        'high_school_government_and_politics': (193, 24049),
-        'high_school_macroeconomics': (390, 48354),
-        'high_school_mathematics': (270, 30742),
-        'high_school_microeconomics': (238, 29864),
-        'high_school_physics': (151, 25325),
-        'high_school_psychology': (545, 54039),
-        'high_school_statistics': (216, 45790),
-        'high_school_us_history': (204, 2068480),
-        'high_school_world_history': (237, 100433),
-        'human_aging': (223, 14964),
-        'human_sexuality': (131, 10351),
-        'international_law': (121, 24366),
-        'jurisprudence': (108, 11207),
-        'logical_fallacies': (163, 16498),
-        'machine_learning': (112, 12496),
-        'management': (103, 6481),
-        'marketing': (234, 21295),
-        'medical_genetics': (100, 8066),
-        'miscellaneous': (783, 56878),
-        'moral_disputes': (346, 45961),
-        'moral_scenarios': (895, 72784),
-        'nutrition': (306, 40646),
-        'philosophy': (311, 31454),
-        'prehistory': (324, 40054),
-        'professional_accounting': (282, 49825),
-        'professional_law': (1534, 634418),
-        'professional_medicine': (272, 65929),
-        'professional_psychology': (612, 77506),
-        'public_relations': (110, 8664),
-        'security_studies': (245, 81462),
-        'sociology': (201, 27098),
-        'us_foreign_policy': (100, 9677),
-        'virology': (166, 13117),
-        'world_religions': (171, 9707),
-    },
-}
-# END TOKEN_COUNTS
+# ---------------------------------------------------------------- planned tokens and forwards
+
+TOKEN_COUNTS_FILE = Path(__file__).resolve().parents[2] / "resources" / "token_counts.json"
+COUNTED_FLAVORS = ("original", "helm", "harness_e47e01b", "harness_current")  # the mean's
+_COUNT_KEYS = ("questions", "engine_tokens", "forwards")
+
+
+def load_token_counts(path: str | Path = TOKEN_COUNTS_FILE) -> dict[str, Any]:
+    """resources/token_counts.json (written by bench/token_counts.py): its provenance keys and
+    `flavors` -> flavor -> subject -> {questions, engine_tokens, forwards, ...}. ValueError
+    naming the file and the field when it is missing or malformed."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror} (regenerate it: python bench/token_counts.py)"
+                         ) from None
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    flavors = doc.get("flavors") if isinstance(doc, dict) else None
+    if not isinstance(flavors, dict) or not flavors:
+        raise ValueError(f"{path}: no 'flavors' mapping")
+    for flavor, table in flavors.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: flavors.{flavor}: expected a mapping of subjects")
+        for subject, row in table.items():
+            bad = [k for k in _COUNT_KEYS if not isinstance((row or {}).get(k), int)
+                   or row[k] < 0] if isinstance(row, dict) else list(_COUNT_KEYS)
+            if bad:
+                raise ValueError(f"{path}: flavors.{flavor}.{subject}: {bad[0]!r} must be a "
+                                 f"non-negative integer")
+    return doc
+
+
+def write_token_counts(path: str | Path, doc: dict[str, Any]) -> None:
+    """Write a token-counts document atomically (bench/token_counts.py)."""
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    load_token_counts(path)  # what was written reads back
+
+
+TOKEN_COUNTS_DOC = load_token_counts()
+# flavor -> subject -> (questions, engine tokens); flavor -> subject -> forward calls
+TOKEN_COUNTS: dict[str, dict[str, tuple[int, int]]] = {
+    f: {s: (r["questions"], r["engine_tokens"]) for s, r in t.items()}
+    for f, t in TOKEN_COUNTS_DOC["flavors"].items()}
+FORWARDS: dict[str, dict[str, int]] = {
+    f: {s: r["forwards"] for s, r in t.items()} for f, t in TOKEN_COUNTS_DOC["flavors"].items()}
+# the schedule's mean over the counted flavors (where a caller has no flavor)
+FORWARDS_PER_QUESTION = (
+    sum(sum(FORWARDS[f].values()) for f in COUNTED_FLAVORS if f in FORWARDS)
+    / max(1, sum(q for f in COUNTED_FLAVORS if f in TOKEN_COUNTS
+                 for q, _ in TOKEN_COUNTS[f].values())))
