@@ -200,3 +200,25 @@ def test_plan_fingerprint_creates_no_store(local_model, hashed, tmp_path) -> Non
     missing = tmp_path / "no-store-yet"
     fp = cache.plan_fingerprint(entry, None, "m", missing)
     assert fp == models.fingerprint(entry) and not missing.exists()  # a dry run creates none
+
+
+def test_prompt_keys_are_computed_once_per_prompt_table(questions, tmp_path,
+                                                        monkeypatch) -> None:
+    from mmlu_flavors.io import atomic_write_parquet
+
+    table = tmp_path / "original.parquet"
+    atomic_write_parquet(build_prompts(questions, FLAVOR, subjects=SUBJECTS), table,
+                         {"flavor": FLAVOR})
+    computed = []
+    real = cache.prompt_keys
+    monkeypatch.setattr(cache, "prompt_keys", lambda rows, ml: computed.append(ml) or real(rows, ml))
+    memo = tmp_path / "memo"
+    first = cache.plan_keys(table, FLAVOR, None, memo)
+    assert cache.plan_keys(table, FLAVOR, None, memo).equals(first) and computed == [None]
+    assert not cache.plan_keys(table, FLAVOR, 512, memo).equals(first)  # another max length
+    # a rewritten table (other shots): new keys, never the remembered ones
+    atomic_write_parquet(build_prompts(questions, FLAVOR, num_fewshot=1, subjects=SUBJECTS),
+                         table, {"flavor": FLAVOR})
+    again = cache.plan_keys(table, FLAVOR, None, memo)
+    assert computed == [None, 512, None]
+    assert not again["prompt_key"].is_in(first["prompt_key"].to_list()).any()

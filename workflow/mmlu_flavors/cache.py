@@ -504,6 +504,39 @@ def keyed_prompts(prompts: pl.DataFrame, max_length: Any) -> pl.DataFrame:
         prompt_keys(prompts, max_length))
 
 
+def plan_keys(prompts_path: str | Path, flavor: str, max_length: Any,
+              memo_dir: str | Path | None = None) -> pl.DataFrame:
+    """`keyed_prompts` of a prompt table file, remembered in `memo_dir` (one small Parquet
+    file per flavor, named by the table's path, size, mtime, inode and ctime, the max length
+    and the store format): the keys hash every prompt's text, seconds per flavor, and a
+    rewritten table always gets new ones. Without `memo_dir`, or where it cannot be written,
+    they are computed. DamagedFileError for a damaged or foreign prompt table."""
+    from .checks import read_prompts
+
+    path = Path(prompts_path).resolve()
+    st = path.stat()
+    stamp = [str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, max_length,
+             STORE_FORMAT]
+    memo = (Path(memo_dir) / f"{flavor}-{sha256_text(json.dumps(stamp))[:16]}.parquet"
+            if memo_dir is not None else None)
+    if memo is not None and memo.is_file():
+        try:
+            return read_parquet_checked(memo, {"prompt_key": pl.String},
+                                        {"stamp": stamp})
+        except ValueError:
+            pass  # damaged or foreign: computed again
+    keyed = keyed_prompts(read_prompts(path, flavor, columns=PROMPT_KEY_COLUMNS), max_length)
+    if memo is not None:
+        try:
+            atomic_write_parquet(keyed, memo, {"stamp": stamp})
+            for old in memo.parent.glob(f"{flavor}-*.parquet"):
+                if old != memo:
+                    old.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("could not remember prompt keys in %s (%s)", memo, e)
+    return keyed
+
+
 def plan_counts(prompts: pl.DataFrame, store: Store, flavor: str, subjects: list[str],
                 questions_per_subject: int | None, max_length: Any) -> tuple[int, int]:
     """(selected, cached) questions of a shard, by prompt key (no tokenizer): an estimate

@@ -180,23 +180,18 @@ def _cache_plan():
     computed once per max-length setting, the store's key columns (never its outputs), each
     model's files hashed at most once (cache.plan_fingerprint)."""
     from mmlu_flavors import cache as _cache
-    from mmlu_flavors import checks as _checks
     from mmlu_flavors import models as _models
 
     plan, questions = {}, Path("data/questions.parquet")
-    tables, keyed = {}, {}  # flavor -> prompt table (None: damaged); (flavor, max_length) -> keys
+    keyed = {}  # (flavor, max_length) -> prompt keys (None: damaged prompt table)
 
     def _keyed(flavor, max_length):
-        if flavor not in tables:
-            try:
-                tables[flavor] = _checks.read_prompts(f"data/prompts/{flavor}.parquet", flavor,
-                                                      columns=_cache.PROMPT_KEY_COLUMNS)
-            except ValueError:  # damaged: its rule remakes it, the plan is unknown
-                tables[flavor] = None
-        if tables[flavor] is None:
-            return None
         if (flavor, max_length) not in keyed:
-            keyed[(flavor, max_length)] = _cache.keyed_prompts(tables[flavor], max_length)
+            try:
+                keyed[(flavor, max_length)] = _cache.plan_keys(
+                    f"data/prompts/{flavor}.parquet", flavor, max_length, PLAN_MEMO)
+            except ValueError:  # damaged: its rule remakes it, the plan is unknown
+                keyed[(flavor, max_length)] = None
         return keyed[(flavor, max_length)]
 
     for slug in MODELS:
@@ -229,6 +224,7 @@ def _cache_plan():
 
 
 CACHE_STORE = config.get("cache_store", "data/cache/store")
+PLAN_MEMO = ".snakemake/mmlu_flavors/prompt_keys"  # the plan's prompt keys, by prompt table
 CACHE_PLAN = _cache_plan() if workflow.is_main_process else {}
 
 
