@@ -156,7 +156,6 @@ def build(work: Path, cfg: dict, log=print) -> dict:
         ref.write_text(_fake_commit(hub_id))
     _questions(work, cfg)
     subjects = SUBJECTS if cfg["subjects"] == "all" else cfg["subjects"]
-    os.environ["HF_HUB_CACHE"] = str(work / "hub")  # the fingerprints below read the refs
     rng = np.random.default_rng(0)
     rows = segments = 0
     for flavor in cfg["flavors"]:
@@ -320,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tmp = tempfile.mkdtemp(prefix="bench-dryrun-")
         work = Path(tmp)
+    os.environ["HF_HUB_CACHE"] = str(work / "hub")  # fingerprints here read the bench's refs
     try:
         stamp = work / STAMP
         built = json.loads(stamp.read_text()) if stamp.exists() else None
@@ -334,7 +334,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"store: {built['store_rows']} rows in {built['segments']} segments, "
               f"{built['store_bytes'] / 2**20:.0f} MiB (built in {built['build_seconds']} s)",
               flush=True)
-        results = {}
+        results: dict = {}
+        report = {"command": "bench/bench_dryrun.py" + (" --quick" if a.quick else ""),
+                  "repo": _describe(Path(a.repo).resolve()),
+                  "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "store": {k: v for k, v in built.items() if k != "config"},
+                  "models": len(cfg["models"]), "flavors": cfg["flavors"],
+                  "subjects": len(SUBJECTS) if cfg["subjects"] == "all" else len(cfg["subjects"]),
+                  "shards_per_model_flavor": len(_shards(cfg)), "scenarios": results}
         for name in a.scenarios:
             for d in (work / "data/cache").iterdir():  # views (and metrics) of either scenario
                 if d.name != "store":
@@ -346,21 +353,15 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = scenario(work, runs, Path(a.repo).resolve())
             print(f"  median {results[name]['median_wall_s']} s, "
                   f"{results[name]['median_peak_rss_mb']} MiB", flush=True)
-        report = {"command": "bench/bench_dryrun.py" + (" --quick" if a.quick else ""),
-                  "repo": _describe(Path(a.repo).resolve()),
-                  "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "store": {k: v for k, v in built.items() if k != "config"},
-                  "models": len(cfg["models"]), "flavors": cfg["flavors"],
-                  "subjects": len(SUBJECTS) if cfg["subjects"] == "all" else len(cfg["subjects"]),
-                  "shards_per_model_flavor": len(_shards(cfg)), "scenarios": results}
+            if a.out:  # after each scenario: a long run interrupted keeps what it measured
+                report["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+                Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
+                print(f"wrote {a.out}", flush=True)
         if a.quick:
             m = results.get("missing")
             if m and m["runs"][0]["planned_to_compute"] != 0:
                 raise SystemExit("quick: the plan should find every question in the store")
-        if a.out:
-            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
-            print(f"wrote {a.out}")
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
