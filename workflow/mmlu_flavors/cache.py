@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 
-from .io import (atomic_write_parquet, atomic_write_text, read_meta, read_parquet_checked,
-                 sha256_text)
+from .io import (META_KEY, atomic_write_parquet, atomic_write_text, read_meta,
+                 read_parquet_checked, sha256_text)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,11 @@ def prompt_key(row: dict[str, Any], max_length: Any) -> str:
     return sha256_text(json.dumps(fields, separators=(",", ":")))
 
 
+# the prompt-table columns `prompt_key` and a shard's selection read
+PROMPT_KEY_COLUMNS = ["flavor", "subject", "index", "header", "shots", "test_block", "prompt",
+                      "choices"]
+
+
 def prompt_keys(rows: pl.DataFrame, max_length: Any) -> pl.Series:
     """`prompt_key` of every row of a prompt table."""
     return pl.Series("prompt_key", [prompt_key(r, max_length) for r in rows.iter_rows(named=True)],
@@ -151,33 +157,50 @@ class Store:
         os.replace(path, bad)
         self.quarantined.append(bad)
 
-    def _check(self, path: Path, flavor: str) -> bool:
+    def _read(self, path: Path, flavor: str, columns: list[str] | None) -> pl.DataFrame | None:
+        """One segment's `columns` (None: all), or None when it is damaged or foreign (moved
+        aside unless readonly). The footer is read once and checked (readable, same model key,
+        flavor and format, `STORE_SCHEMA`'s columns); then only the requested columns' pages
+        are read, each page's CRC verified: planning reads the key columns, never the outputs."""
         try:
-            meta = read_meta(path)
-            names = list(pl.read_parquet_schema(path))
+            pf = pq.ParquetFile(path, page_checksum_verification=True)
         except Exception as e:  # unreadable: truncated, not Parquet, ...
             self._quarantine(path, f"is damaged ({type(e).__name__})")
-            return False
-        if (meta.get("model_key"), meta.get("flavor"), meta.get("format")) != (
-                self.key, flavor, STORE_FORMAT) or names != list(STORE_SCHEMA):
-            self._quarantine(path, "belongs to another model, flavor or cache format")
-            return False
-        return True
+            return None
+        try:
+            schema = pf.schema_arrow
+            raw = (schema.metadata or {}).get(META_KEY)
+            try:
+                meta = json.loads(raw) if raw else {}
+            except ValueError:
+                meta = {}
+            if (meta.get("model_key"), meta.get("flavor"), meta.get("format")) != (
+                    self.key, flavor, STORE_FORMAT) or schema.names != list(STORE_SCHEMA):
+                why = "belongs to another model, flavor or cache format"
+            else:
+                try:  # page checksums: also catches changed bytes polars alone would read
+                    df = pl.from_arrow(pf.read(columns=columns or list(STORE_SCHEMA)))
+                    assert isinstance(df, pl.DataFrame)
+                    return df
+                except Exception as e:
+                    why = f"is damaged ({type(e).__name__})"
+        finally:
+            pf.close()
+        self._quarantine(path, why)
+        return None
 
     def load(self, flavor: str, subject: str, columns: list[str] | None = None) -> pl.DataFrame:
-        """Every valid row of a subject (first segment wins for a key stored twice)."""
-        frames = []
-        for path in self.segments(flavor, subject):
-            if not self._check(path, flavor):
-                continue
-            try:  # page checksums: also catches changed bytes polars alone would read
-                frames.append(read_parquet_checked(path).select(columns or list(STORE_SCHEMA)))
-            except Exception as e:
-                self._quarantine(path, f"is damaged ({type(e).__name__})")
+        """Every valid row of a subject (first segment wins for a key stored twice); only
+        `columns` are read (a damaged page elsewhere is found by the job's full read)."""
+        cols = list(columns) if columns is not None else list(STORE_SCHEMA)
+        if "input_key" not in cols:
+            cols.insert(0, "input_key")
+        frames = [df for path in self.segments(flavor, subject)
+                  if (df := self._read(path, flavor, cols)) is not None]
         if not frames:
-            schema = STORE_SCHEMA if columns is None else {c: STORE_SCHEMA[c] for c in columns}
-            return pl.DataFrame(schema=schema)
-        return pl.concat(frames).unique("input_key", keep="first", maintain_order=True)
+            return pl.DataFrame(schema={c: STORE_SCHEMA[c] for c in cols})
+        out = pl.concat(frames).unique("input_key", keep="first", maintain_order=True)
+        return out if columns is None or "input_key" in columns else out.drop("input_key")
 
     def write(self, flavor: str, subject: str, rows: pl.DataFrame, meta: dict[str, Any]) -> Path:
         """A new segment, atomically; its name never collides with a concurrent writer's."""
@@ -453,18 +476,81 @@ def _cpu_name() -> str:
 # ---------------------------------------------------------------- plan, list
 # (prune and purge: prune.py)
 
+def plan_fingerprint(entry: dict[str, Any], model_dir: str | Path | None, name: str,
+                     store_root: str | Path = DEFAULT_STORE) -> dict[str, Any] | None:
+    """`models.fingerprint` at parse time: local files are hashed once per process and
+    remembered in the store's `file_hashes.json` (by path, size, mtime, inode, ctime: a changed
+    file is hashed again), so a dry run does not re-hash gigabytes of unchanged weights. The
+    memo is written only when something new was hashed, and never needed: a store that
+    cannot be written is only slower. None where the fingerprint is not known yet."""
+    from . import models
+
+    memo_path = Path(store_root) / "file_hashes.json"
+    memo = _read_json(memo_path)
+    before = json.dumps(memo, sort_keys=True)
+    fp = models.fingerprint(entry, model_dir, memo, name=name)
+    if json.dumps(memo, sort_keys=True) != before and Path(store_root).is_dir():
+        try:  # merge: a concurrent job may have added other files' hashes meanwhile
+            atomic_write_text(memo_path, json.dumps({**_read_json(memo_path), **memo},
+                                                    sort_keys=True))
+        except OSError as e:
+            log.warning("could not remember model file hashes in %s (%s)", memo_path, e)
+    return fp
+
+
+def keyed_prompts(prompts: pl.DataFrame, max_length: Any) -> pl.DataFrame:
+    """A prompt table's (flavor, subject, index, prompt_key): what planning needs, computed once
+    per flavor and max-length setting and shared by every model and shard of a plan."""
+    return prompts.select("flavor", "subject", "index").with_columns(
+        prompt_keys(prompts, max_length))
+
+
+def plan_keys(prompts_path: str | Path, flavor: str, max_length: Any,
+              memo_dir: str | Path | None = None) -> pl.DataFrame:
+    """`keyed_prompts` of a prompt table file, remembered in `memo_dir` (one small Parquet
+    file per flavor, named by the table's path, size, mtime, inode and ctime, the max length
+    and the store format): the keys hash every prompt's text, seconds per flavor, and a
+    rewritten table always gets new ones. Without `memo_dir`, or where it cannot be written,
+    they are computed. DamagedFileError for a damaged or foreign prompt table."""
+    from .checks import read_prompts
+
+    path = Path(prompts_path).resolve()
+    st = path.stat()
+    stamp = [str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, max_length,
+             STORE_FORMAT]
+    memo = (Path(memo_dir) / f"{flavor}-{sha256_text(json.dumps(stamp))[:16]}.parquet"
+            if memo_dir is not None else None)
+    if memo is not None and memo.is_file():
+        try:
+            return read_parquet_checked(memo, {"prompt_key": pl.String},
+                                        {"stamp": stamp})
+        except ValueError:
+            pass  # damaged or foreign: computed again
+    keyed = keyed_prompts(read_prompts(path, flavor, columns=PROMPT_KEY_COLUMNS), max_length)
+    if memo is not None:
+        try:
+            atomic_write_parquet(keyed, memo, {"stamp": stamp})
+            for old in memo.parent.glob(f"{flavor}-*.parquet"):
+                if old != memo:
+                    old.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("could not remember prompt keys in %s (%s)", memo, e)
+    return keyed
+
+
 def plan_counts(prompts: pl.DataFrame, store: Store, flavor: str, subjects: list[str],
                 questions_per_subject: int | None, max_length: Any) -> tuple[int, int]:
     """(selected, cached) questions of a shard, by prompt key (no tokenizer): an estimate
-    the job itself confirms by exact input keys."""
+    the job itself confirms by exact input keys. `prompts` is a prompt table or its
+    `keyed_prompts` (then `max_length` is the one it was keyed with). Reads only the store's
+    key columns (segment footers and `prompt_key` pages)."""
     rows = select_rows(prompts.filter(pl.col("flavor") == flavor), subjects,
                        questions_per_subject)
-    want = prompt_keys(rows, max_length)
+    want = rows["prompt_key"] if "prompt_key" in rows.columns else prompt_keys(rows, max_length)
     cached = 0
     for subject in subjects:
-        held = set(store.load(flavor, subject, ["input_key", "prompt_key"])["prompt_key"]
-                   .to_list())
-        cached += int(want.filter(rows["subject"] == subject).is_in(list(held)).sum())
+        held = store.load(flavor, subject, ["prompt_key"])["prompt_key"].to_list()
+        cached += int(want.filter(rows["subject"] == subject).is_in(held).sum())
     return rows.height, cached
 
 

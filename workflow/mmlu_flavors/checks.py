@@ -54,9 +54,13 @@ def check_prompts(path: Path | str, flavor: str | None = None) -> None:
     check_parquet(path, PROMPTS_SCHEMA, {"flavor": flavor})
 
 
-def read_prompts(path: Path | str, flavor: str | None = None) -> pl.DataFrame:
-    """One flavor's prompt table (`flavor` None: any flavor, as recorded in its metadata)."""
-    df = read_parquet_checked(path, PROMPTS_SCHEMA, {"flavor": flavor})
+def read_prompts(path: Path | str, flavor: str | None = None,
+                 columns: list[str] | None = None) -> pl.DataFrame:
+    """One flavor's prompt table (`flavor` None: any flavor, as recorded in its metadata);
+    `columns`: only these (their pages alone are read and checked)."""
+    if columns is not None and "flavor" not in columns:
+        columns = ["flavor", *columns]
+    df = read_parquet_checked(path, PROMPTS_SCHEMA, {"flavor": flavor}, only=columns)
     want = flavor or check_parquet(path)["flavor"]
     if df.height and (df["flavor"] != want).any():
         raise DamagedFileError(path, f"foreign: rows of another flavor than {want!r}")

@@ -233,15 +233,16 @@ def check_parquet(path: Path | str, columns: Mapping[str, Any] | None = None,
 
 
 def read_parquet_checked(path: Path | str, columns: Mapping[str, Any] | None = None,
-                         meta: Mapping[str, Any] | None = None, fix: str | None = None
-                         ) -> pl.DataFrame:
-    """Read a whole Parquet file, verifying every page's CRC where it has one (all files
-    written by `atomic_write_parquet` do), then `check_parquet`'s column and metadata rules.
-    Any failure is a DamagedFileError naming the file and `fix` (default: --forcerun it)."""
+                         meta: Mapping[str, Any] | None = None, fix: str | None = None,
+                         only: list[str] | None = None) -> pl.DataFrame:
+    """Read a whole Parquet file (`only`: just these columns' pages), verifying every page's
+    CRC where it has one (all files written by `atomic_write_parquet` do), after
+    `check_parquet`'s column and metadata rules. Any failure is a DamagedFileError naming the
+    file and `fix` (default: --forcerun it)."""
     path = Path(path)
     check_parquet(path, columns, meta, fix)
     try:
-        table = pq.read_table(path, page_checksum_verification=True)
+        table = pq.read_table(path, columns=only, page_checksum_verification=True)
         df = pl.from_arrow(table)
     except Exception as e:  # noqa: BLE001 - a damaged page, a bad CRC, a broken encoding
         raise DamagedFileError(path, f"damaged: its data cannot be read ({_short(e)})",

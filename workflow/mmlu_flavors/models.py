@@ -76,12 +76,18 @@ def _source(entry: dict[str, Any], name: str | None = None) -> str:
     return source
 
 
-def _dtype(entry: dict[str, Any], name: str | None = None) -> tuple[str, Any]:
-    import torch
-
+def _dtype_name(entry: dict[str, Any], name: str | None = None) -> str:
+    """The entry's dtype, checked (no torch import: the fingerprint is taken at parse time)."""
     dtype = str(entry.get("dtype") or "float32")
     if dtype not in DTYPES:
         raise _err(entry, "dtype", f"{dtype!r} is not one of {DTYPES}", name)
+    return dtype
+
+
+def _dtype(entry: dict[str, Any], name: str | None = None) -> tuple[str, Any]:
+    import torch
+
+    dtype = _dtype_name(entry, name)
     return dtype, ("auto" if dtype == "auto" else getattr(torch, dtype))
 
 
@@ -175,7 +181,7 @@ def convert_gguf(entry: dict[str, Any], out_dir: str | Path, workdir: str | Path
     identity = {
         "source": "gguf",
         "gguf_file": gguf.name,
-        "gguf_sha256": sha256_file(gguf),
+        "gguf_sha256": file_sha256(gguf),
         "gguf_package": entry.get("gguf_package"),
         "gguf_package_version": _version(entry.get("gguf_package")),
         "saved_dtype": "float32",
@@ -249,7 +255,7 @@ def _weights_sha256(path: Path) -> str:
 
     h = hashlib.sha256()
     for f in sorted(p for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES):
-        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+        h.update(f"{f.name}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()
 
 
@@ -484,23 +490,49 @@ def _hf_cache_commit(hub_id: str, revision: str) -> str | None:
     return commit if _COMMIT.fullmatch(commit) else None
 
 
+# per-process memo of file hashes: (resolved path, size, mtime_ns, inode, ctime_ns) -> sha256
+_FILE_HASHES: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def _stamp(st: Any) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def file_sha256(path: str | Path, memo: dict[str, Any] | None = None) -> str:
+    """SHA-256 of a file, computed once per process for as long as its size, mtime, inode and
+    ctime stay the same (any write, replacement or `touch` changes one of them, so a changed
+    file is always hashed again). `memo` is a persistent sidecar (the store's
+    `file_hashes.json`: path -> {stamp, sha256}) consulted and updated the same way, so another
+    process does not hash the same unchanged file again."""
+    f = Path(path).resolve()
+    st = f.stat()
+    stamp = _stamp(st)
+    key = (str(f), *stamp)
+    if key in _FILE_HASHES:
+        digest = _FILE_HASHES[key]
+    else:
+        text = ":".join(map(str, stamp))
+        got = memo.get(str(f)) if memo is not None else None
+        if isinstance(got, dict) and got.get("stamp") == text and isinstance(got.get("sha256"), str):
+            digest = got["sha256"]
+        else:
+            digest = sha256_file(f)
+            if _stamp(f.stat()) != stamp:  # written while being read: do not remember it
+                return digest
+        _FILE_HASHES[key] = digest
+    if memo is not None:
+        memo[str(f)] = {"stamp": ":".join(map(str, stamp)), "sha256": digest}
+    return digest
+
+
 def _dir_sha256(path: Path, memo: dict[str, Any] | None) -> str:
     """SHA-256 over every file of a model directory (weights, config, tokenizer), by relative
-    name; per-file hashes are memoized by (path, size, mtime) in `memo`."""
+    name; each file hashed once (`file_sha256`: per process and in `memo`)."""
     import hashlib
 
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != IDENTITY_FILE):
-        st = f.stat()
-        stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        key = str(f.resolve())
-        if memo is not None and memo.get(key, {}).get("stamp") == stamp:
-            digest = memo[key]["sha256"]
-        else:
-            digest = sha256_file(f)
-            if memo is not None:
-                memo[key] = {"stamp": stamp, "sha256": digest}
-        h.update(f"{f.relative_to(path).as_posix()}\0{digest}\n".encode())
+        h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f, memo)}\n".encode())
     return h.hexdigest()
 
 
@@ -512,7 +544,7 @@ def fingerprint(entry: dict[str, Any], model_dir: str | Path | None = None,
     kind and `trust_remote_code`. None where it cannot be known yet (a Hub branch not in the
     local Hub cache: the job resolves it by loading, `commit` then passes it in)."""
     source = _source(entry, name)
-    fp: dict[str, Any] = {"dtype": _dtype(entry, name)[0],
+    fp: dict[str, Any] = {"dtype": _dtype_name(entry, name),
                           "device": device_kind(entry),
                           "trust_remote_code": entry.get("trust_remote_code", False) is True}
     if source == "hub":

@@ -134,18 +134,19 @@ def cache_metrics():
 
 
 # ---- damaged or foreign outputs: removed before planning, so their own rules recompute them
-# (mmlu_flavors.checks; cheap checks: Parquet footers, schemas, metadata, file sizes). Only the
-# main Snakemake process heals, and a dry run only reports.
+# (mmlu_flavors.checks; cheap checks: Parquet footers, schemas, metadata, file sizes: no data
+# page is read, so a dry run over a big store stays fast; a damaged page is found by the job
+# that reads it). Only the main Snakemake process heals, and a dry run only reports.
 def _heal():
     from mmlu_flavors import checks
     from mmlu_flavors.models import check_converted
 
     targets = [("data/questions.parquet", checks.check_questions)]
     targets += [(f"data/prompts/{f}.parquet", lambda p, f=f: checks.check_prompts(p, f))
-                for f in FLAVORS]
+                for f in ALL_FLAVORS]
     targets += [(model_dir(m), lambda p, m=m: check_converted(p, entry(m)))
                 for m in MODELS if model_dir(m)]
-    targets += [(p, checks.check_readable) for p in cache_shards()]
+    targets += [(p, checks.check_readable) for p in cache_shards(ALL_FLAVORS)]
     targets += [("reports/predictions.parquet", checks.check_predictions)]
     for line in checks.heal(targets, dry_run=_dry_run()):
         print(line, file=sys.stderr)
@@ -175,39 +176,43 @@ def _cache_plan():
     """For each logits job whose view is missing: (selected, cached) questions, estimated from
     prompt keys without loading any model (mmlu_flavors.cache.plan_counts); None where the
     prompt table or the model's identity is not known yet. Printed, and a job with nothing
-    to compute asks for no GPU."""
+    to compute asks for no GPU. Reads only what it needs: each prompt table once, its keys
+    computed once per max-length setting, the store's key columns (never its outputs), each
+    model's files hashed at most once (cache.plan_fingerprint)."""
     from mmlu_flavors import cache as _cache
-    from mmlu_flavors import checks as _checks
     from mmlu_flavors import models as _models
 
     plan, questions = {}, Path("data/questions.parquet")
+    keyed = {}  # (flavor, max_length) -> prompt keys (None: damaged prompt table)
+
+    def _keyed(flavor, max_length):
+        if (flavor, max_length) not in keyed:
+            try:
+                keyed[(flavor, max_length)] = _cache.plan_keys(
+                    f"data/prompts/{flavor}.parquet", flavor, max_length, PLAN_MEMO)
+            except ValueError:  # damaged: its rule remakes it, the plan is unknown
+                keyed[(flavor, max_length)] = None
+        return keyed[(flavor, max_length)]
+
     for slug in MODELS:
+        missing = {(f, s): subjects for f in ALL_FLAVORS for s, subjects in SHARDS.items()
+                   if not Path(f"data/cache/{slug}/{f}/{SELECTION}/{s}.parquet").exists()}
+        if not missing:
+            continue  # nothing to plan: the model is not even fingerprinted
         try:
-            fp = _models.fingerprint(entry(slug), model_dir(slug), name=MODELS[slug])
+            fp = _cache.plan_fingerprint(entry(slug), model_dir(slug), MODELS[slug], CACHE_STORE)
         except Exception:
             fp = None
         store = (_cache.Store(Path(CACHE_STORE), _models.model_key(fp), readonly=True)
                  if fp else None)
-        for flavor in FLAVORS:
+        max_length = entry(slug).get("max_length")
+        for (flavor, shard), subjects in missing.items():
             prompts_path = Path(f"data/prompts/{flavor}.parquet")
             fresh = (prompts_path.exists() and questions.exists()
                      and prompts_path.stat().st_mtime >= questions.stat().st_mtime)
-            prompts = None
-            for shard, subjects in SHARDS.items():
-                if Path(f"data/cache/{slug}/{flavor}/{SELECTION}/{shard}.parquet").exists():
-                    continue
-                if store is None or not fresh:
-                    plan[(slug, flavor, shard)] = None
-                    continue
-                if prompts is None:
-                    try:
-                        prompts = _checks.read_prompts(prompts_path, flavor)
-                    except ValueError:  # damaged: its rule remakes it, the plan is unknown
-                        plan[(slug, flavor, shard)] = None
-                        continue
-                plan[(slug, flavor, shard)] = _cache.plan_counts(
-                    prompts, store, flavor, subjects, N_PER_SUBJECT,
-                    entry(slug).get("max_length"))
+            prompts = _keyed(flavor, max_length) if store is not None and fresh else None
+            plan[(slug, flavor, shard)] = (None if prompts is None else _cache.plan_counts(
+                prompts, store, flavor, subjects, N_PER_SUBJECT, max_length))
     if plan:
         lines = [f"  {MODELS[m]} / {f} / {SELECTION}/{s}: "
                  + ("not known before the prompts and the model exist" if v is None
@@ -219,6 +224,7 @@ def _cache_plan():
 
 
 CACHE_STORE = config.get("cache_store", "data/cache/store")
+PLAN_MEMO = ".snakemake/mmlu_flavors/prompt_keys"  # the plan's prompt keys, by prompt table
 CACHE_PLAN = _cache_plan() if workflow.is_main_process else {}
 
 
