@@ -33,7 +33,7 @@ def copy_repository(dst: Path) -> Path:
 
 def run_in(repo: Path, extra_config: Path, *args: str) -> subprocess.CompletedProcess:
     """snakemake in the copied repository with its own config.yaml plus `extra_config`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MMLU_FLAVORS_SHARED")}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     cmd = [SNAKEMAKE, "--configfile", "config.yaml", str(extra_config), *args]
     return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=900,
                           env={**env, **OFFLINE}, umask=0o022)
