@@ -151,6 +151,7 @@ def _check_blog_jobs(jobs: list[dict]) -> None:
     assert 16_000 < int(by_model["llama-7b"][0]["mem_mb"]) < 32_000
 
 
+@pytest.mark.slow  # runs Snakemake
 def test_dry_run_blog_resources(tmp_path: Path) -> None:
     out = _dry_run(tmp_path, "--cores", "1")
     _check_blog_jobs(logits_jobs(out))
@@ -158,6 +159,7 @@ def test_dry_run_blog_resources(tmp_path: Path) -> None:
     # test counts the submitted jobs instead)
 
 
+@pytest.mark.slow  # runs Snakemake
 @pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
                     reason="snakemake-executor-plugin-slurm not installed")
 def test_dry_run_blog_with_slurm_profile(tmp_path: Path) -> None:
