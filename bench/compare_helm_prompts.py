@@ -2,7 +2,7 @@
 (HELM cab5d89) and with the cab5d89 golden rows.
 
     PYTHONPATH=workflow .venv/bin/python bench/compare_helm_prompts.py /tmp/helm0516.jsonl \\
-        --mmlu resources/mmlu --golden ../shared/golden/helm.jsonl
+        --mmlu resources/mmlu --golden tests/golden/helm.jsonl
 
 Per question: prompt bytes, the gold letter(s), and the request parameters (max_tokens 1,
 temperature 0, no stop sequence in the request, the A-D output mapping). Exit 1 on any difference.

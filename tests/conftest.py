@@ -1,21 +1,28 @@
-"""Shared fixtures: the real MMLU files and golden prompts beside the checkout (../shared)."""
+"""Shared fixtures: the shipped MMLU (`resources/mmlu`) and the golden prompts (`tests/golden`).
+
+Everything a test reads lives in this repository: no sibling folder, no environment variable
+(`sibling_guard.py` fails a test that reads the folder beside the checkout,
+`test_self_contained.py` one that names it)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+import sibling_guard
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MMLU_FLAVORS_SHARED", ROOT.parent / "shared"))
-MMLU_DIR = SHARED / "mmlu"
-GOLDEN = SHARED / "golden"
+MMLU_DIR = ROOT / "resources" / "mmlu"
+BLOG_CSV = ROOT / "resources" / "blog" / "mmlu_scores.csv"
+GOLDEN = Path(__file__).resolve().with_name("golden")
+sibling_guard.install()
 
 
 def golden(name: str) -> list[dict]:
+    """The rows of tests/golden/<name>.jsonl (prompts the reference code built)."""
     return [json.loads(line) for line in (GOLDEN / f"{name}.jsonl").read_text().splitlines()
             if line.strip()]
 
@@ -23,7 +30,8 @@ def golden(name: str) -> list[dict]:
 @pytest.fixture(scope="session")
 def mmlu_dir() -> Path:
     if not (MMLU_DIR / "test").is_dir():
-        pytest.fail(f"MMLU data not found at {MMLU_DIR} (set MMLU_FLAVORS_SHARED)")
+        pytest.fail(f"shipped MMLU not found at {MMLU_DIR} (resources/mmlu is tracked: is the "
+                    "checkout complete?)")
     return MMLU_DIR
 
 

@@ -227,6 +227,7 @@ def finished_run(questions, tmp_path_factory) -> Path:
     return work
 
 
+@pytest.mark.slow  # runs Snakemake
 def test_workflow_heals_truncated_outputs(finished_run) -> None:
     """Truncated prompt table, cache view and predictions: the next run names each and
     removes it; the rules that own them recompute them, equal to the first run's."""
@@ -254,6 +255,7 @@ def test_workflow_heals_truncated_outputs(finished_run) -> None:
     assert read_parquet_checked(w / damaged[0]).equals(before["data/prompts/helm.parquet"])
 
 
+@pytest.mark.slow  # runs Snakemake
 def test_workflow_never_reports_from_changed_bytes(finished_run) -> None:
     """One byte changed inside predictions.parquet (footer intact, so only a full read can
     tell): the report step stops with one line naming the file and the fix, leaves no report

@@ -129,6 +129,7 @@ def test_implementations_follow_definitions() -> None:
         "harness acc_norm": "macro", "harness_current": "micro"}
 
 
+@pytest.mark.slow  # runs Snakemake
 def test_workflow_accepts_custom_flavors_and_names_bad_ones(tmp_path) -> None:
     from workflow_fixture import snakemake, write_config
 

@@ -49,6 +49,7 @@ TINY = {"source": "local", "path": "/nonexistent/tiny", "device": "cpu"}
     ({"model_registry": {"tiny-llama": {"source": "local", "path": "/x", "dtype": "int3"}}},
      "int3"),
 ])
+@pytest.mark.slow  # runs Snakemake
 def test_config_errors_stop_before_any_job(tmp_path, extra, needle) -> None:
     subjects = extra.pop("subjects", ["anatomy"])
     write_config(tmp_path, Path("/nonexistent/tiny"), subjects, 1, **extra)
@@ -58,6 +59,7 @@ def test_config_errors_stop_before_any_job(tmp_path, extra, needle) -> None:
     assert not (tmp_path / "data").exists() and not (tmp_path / "logs").exists()
 
 
+@pytest.mark.slow  # runs Snakemake
 def test_shell_metacharacters_in_a_model_name(tiny_model, tmp_path) -> None:
     """A name full of shell syntax is a path slug in file names and a quoted argument in
     commands: nothing is executed, and the tables carry the name as given."""
@@ -216,6 +218,7 @@ def _wait_for(pred, timeout: float = 600) -> bool:
     return False
 
 
+@pytest.mark.slow  # runs Snakemake
 def test_second_run_locked_out_and_killed_snakemake_recovers(tiny_model, tmp_path) -> None:
     """While a run works, a second Snakemake in the same directory is refused by Snakemake's
     lock. SIGKILL of the first Snakemake leaves no half-written output; the next runs name the

@@ -168,6 +168,7 @@ def _check_blog_jobs(jobs: list[dict]) -> None:
                                                  f"{min(runtimes)}-{max(runtimes)}"), cells
 
 
+@pytest.mark.slow  # runs Snakemake
 def test_dry_run_blog_resources(tmp_path: Path) -> None:
     out = _dry_run(tmp_path, "--cores", "1")
     _check_blog_jobs(logits_jobs(out))
@@ -175,6 +176,7 @@ def test_dry_run_blog_resources(tmp_path: Path) -> None:
     # test counts the submitted jobs instead)
 
 
+@pytest.mark.slow  # runs Snakemake
 @pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
                     reason="snakemake-executor-plugin-slurm not installed")
 def test_dry_run_blog_with_slurm_profile(tmp_path: Path) -> None:

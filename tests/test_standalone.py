@@ -33,7 +33,7 @@ def copy_repository(dst: Path) -> Path:
 
 def run_in(repo: Path, extra_config: Path, *args: str) -> subprocess.CompletedProcess:
     """snakemake in the copied repository with its own config.yaml plus `extra_config`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MMLU_FLAVORS_SHARED")}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     cmd = [SNAKEMAKE, "--configfile", "config.yaml", str(extra_config), *args]
     return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=900,
                           env={**env, **OFFLINE}, umask=0o022)
@@ -66,6 +66,7 @@ def test_default_config_names_nothing_outside() -> None:
     assert cfg["mmlu_dir"] is None and cfg["blog_csv"] == "resources/blog/mmlu_scores.csv"
 
 
+@pytest.mark.slow  # runs Snakemake
 def test_fresh_clone_runs_offline(clone, questions, tmp_path) -> None:
     model = make_tiny_model(questions, tmp_path / "tiny")
     res = run_in(clone, tiny_config(tmp_path / "tiny.yaml", model), "--cores", "2")
@@ -91,6 +92,7 @@ def test_fresh_clone_runs_offline(clone, questions, tmp_path) -> None:
     assert not bad
 
 
+@pytest.mark.slow  # runs Snakemake
 def test_no_data_anywhere_stops_before_model_work(clone, tmp_path) -> None:
     """Shipped copy removed, no mmlu_dir, Hub offline: one line names each place tried,
     and no job (conversion, logits) starts."""

@@ -15,6 +15,9 @@ from workflow_fixture import ROOT, SNAKEMAKE, make_tiny_model, snakemake, write_
 
 from mmlu_flavors.reduce import SCORERS
 
+# every test here runs Snakemake on the real Snakefile (or uses a finished run of it)
+pytestmark = pytest.mark.slow
+
 SUBJECTS = ["abstract_algebra", "us_foreign_policy"]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from conftest import MMLU_DIR, ROOT, SHARED
+from conftest import BLOG_CSV, MMLU_DIR, ROOT
 from conftest_models import tiny_llama
 from tiny_tokenizers import bytelevel_no_bos
 
@@ -37,7 +37,7 @@ def write_config(workdir: Path, model_dir: Path, subjects: list[str], n: int,
                                           "batch_size": 4, "params_b": 0.001}},
         "subjects_per_shard": 57, "threads_per_model_job": 1,
         "bootstrap_samples": 50, "bootstrap_seed": 1,
-        "blog_csv": str(SHARED / "blog" / "mmlu_scores.csv"),
+        "blog_csv": str(BLOG_CSV),
         # the attribution runs, without prompt variants (each would be one more flavor to run;
         # the variants' wiring is tested by test_attribution_variants_run)
         "attribution_variants": "none",
