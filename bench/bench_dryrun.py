@@ -30,7 +30,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -48,34 +47,15 @@ sys.path.insert(0, str(ROOT / "workflow"))
 
 from mmlu_flavors import cache, models  # noqa: E402
 from mmlu_flavors.checks import read_prompts  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+import machine as bench_machine  # noqa: E402
 from mmlu_flavors.data import SUBJECTS  # noqa: E402
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 FLAVORS = ["original", "helm", "harness_e47e01b", "harness_current"]
 CHECKPOINT = 256  # questions per segment (config.yaml checkpoint_questions)
 STAMP = "bench_dryrun.json"  # what a work directory was built with
-
-
-def machine() -> dict:
-    """CPU model, cores, memory and load: every timing is reported with them."""
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gb": mem,
-            "load_avg": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def bench_config(n_models: int, flavors: list[str], subjects: list[str] | str,
@@ -337,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         results: dict = {}
         report = {"command": "bench/bench_dryrun.py" + (" --quick" if a.quick else ""),
                   "repo": _describe(Path(a.repo).resolve()),
-                  "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "machine": bench_machine.describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "store": {k: v for k, v in built.items() if k != "config"},
                   "models": len(cfg["models"]), "flavors": cfg["flavors"],
                   "subjects": len(SUBJECTS) if cfg["subjects"] == "all" else len(cfg["subjects"]),
