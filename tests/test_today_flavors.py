@@ -146,3 +146,21 @@ def test_same_input_under_another_flavor_costs_no_forward(questions, tiny_dir, t
     key = models.model_key(models.fingerprint(entry))
     store = cache.Store(tmp_path / "store", key, readonly=True)
     assert cache.plan_counts(prompts, store, "helm_current", SUBJECTS, 3, None) == (6, 6)
+
+
+def test_a_chat_flavor_on_a_model_without_template_stops_or_is_skipped(questions, tiny_dir,
+                                                                       tmp_path, monkeypatch):
+    """lmeval_chat needs a template: by default the job stops naming flavor and model; with
+    chat_without_template: skip (the 2026 study) it writes an empty view and runs nothing."""
+    calls: list[int] = []
+    monkeypatch.setattr(engine, "run_fast", lambda m, reqs, *a, **k: calls.append(len(reqs)))
+    prompts = build_prompts(questions, "lmeval_chat", subjects=SUBJECTS)
+    entry = {"source": "local", "path": str(tiny_dir), "dtype": "float32", "device": "cpu"}
+    args = (prompts, "tiny", entry, None, "lmeval_chat", SUBJECTS, 2)
+    with pytest.raises(ValueError, match="lmeval_chat.*tiny.*has none"):
+        cache.compute_view(*args, tmp_path / "stop.parquet", tmp_path / "store", progress=False)
+    view = cache.compute_view(*args, tmp_path / "skip.parquet", tmp_path / "store",
+                              progress=False, without_template="skip")
+    assert view.height == 0 and calls == []
+    back = cache.read_shards([tmp_path / "skip.parquet"])
+    assert back.height == 0 and predictions(back).height == 0
