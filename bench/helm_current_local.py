@@ -122,6 +122,9 @@ def load_client(model_dir: str, max_sequence_length: int | None = None):
     return dep, tok_cfg, client, how
 
 
+_CLIENTS: dict = {}
+
+
 def helm_function(module: str, name: str):
     """One function of a HELM module, compiled from the installed source without importing the
     module (evaluate_reference_metrics imports nltk, rouge-score ...: not installed here)."""
@@ -148,7 +151,9 @@ def run(model_dir: str, mmlu_dir: str, subjects: list[str], num_fewshot: int,
     from helm.benchmark.scenarios.scenario import TEST_SPLIT
 
     torch.manual_seed(0)
-    dep, tok_cfg, client, how = load_client(model_dir)
+    if model_dir not in _CLIENTS:
+        _CLIENTS[model_dir] = load_client(model_dir)
+    dep, tok_cfg, client, how = _CLIENTS[model_dir]
     rows = []
     with tempfile.TemporaryDirectory(prefix="helm_mmlu_") as out:
         os.symlink(Path(mmlu_dir).resolve(), Path(out) / "data")
@@ -195,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model_dir")
     p.add_argument("mmlu_dir")
     p.add_argument("subjects", nargs="+")
-    p.add_argument("--num-fewshot", type=int, default=5)
+    p.add_argument("--num-fewshot", type=int, nargs="+", default=[5],
+                   help="one or more shot counts (one model load for all)")
     p.add_argument("--limit", type=int, default=None, help="first N test questions per subject")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
@@ -204,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     if version("crfm-helm") != HELM_VERSION:
         print(f"warning: crfm-helm {version('crfm-helm')} installed, checked against "
               f"{HELM_VERSION}", file=sys.stderr)
-    write_jsonl(a.out, run(a.model_dir, a.mmlu_dir, a.subjects, a.num_fewshot, a.limit))
+    rows = [r for k in a.num_fewshot for r in run(a.model_dir, a.mmlu_dir, a.subjects, k, a.limit)]
+    write_jsonl(a.out, rows)
     return 0
 
 
