@@ -62,7 +62,8 @@ def ours(loaded: Any, mmlu_dir: str | Path, flavor: str, num_fewshot: int,
     letters = letter_ids(loaded.tokenizer)
     res = run_fast(loaded.model, [t.request for t in tok], letters, progress=True)
     cache = rows_from_results("m", prompt_rows, tok, res, letters, loaded.tokenizer)
-    return cache.with_columns(pl.Series("prompt", [r["prompt"] for r in prompt_rows])), tok
+    # the text the model saw: the prompt row's, or its chat rendering (lighteval_current)
+    return cache.with_columns(pl.Series("prompt", [t.prompt for t in tok])), tok
 
 
 def _argmax(v: list[float]) -> int:
@@ -123,7 +124,9 @@ def compare(ref: list[dict], cache: pl.DataFrame, tok: list, tie: float = TIE) -
         else:
             gen = r["output_tokens"][0]
             ids_ok = ctx == r["input_tokens"] and list(o["gen_ids"])[:len(gen)] == gen
-            ref_text = r["text"][0].split("\n")[0].strip()
+            # lighteval stops at "\n" on plain prompts, at EOS only under a chat template
+            ref_text = r["text"][0] if o["chat"] else r["text"][0].split("\n")[0]
+            ref_text = ref_text.strip()
             ref_pred = "ABCD".index(ref_text) if ref_text in ("A", "B", "C", "D") else None
             ref_correct = bool(r["metrics"]["em"])
             near_tie = False  # greedy margins are not in lighteval's output
@@ -147,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mmlu", default=str(ROOT / "resources" / "mmlu"))
     p.add_argument("--tie", type=float, default=TIE)
     p.add_argument("--out", help="CSV of disagreeing questions")
+    p.add_argument("--flavor", help="our flavor to compare (default: lighteval_mmlu for task "
+                   "mmlu, lighteval_mcf for mcf); lighteval_current for runs made with "
+                   "bench/lighteval_local.py --chat-template auto")
     a = p.parse_args(argv)
     from mmlu_flavors.models import load_model
 
@@ -156,11 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     for path in a.ref:
         ref = load_ref(path)
         task, k = ref[0]["task"], ref[0]["num_fewshot"]
-        cache, tok = ours(loaded, a.mmlu, FLAVOR_OF_TASK[task], k,
-                          [(r["subject"], r["index"]) for r in ref])
+        flavor = a.flavor or FLAVOR_OF_TASK[task]
+        cache, tok = ours(loaded, a.mmlu, flavor, k, [(r["subject"], r["index"]) for r in ref])
         res = compare(ref, cache, tok, a.tie)
         n = res["questions"]
-        print(f"{path}: {FLAVOR_OF_TASK[task]} {k}-shot, {n} questions: prompts equal "
+        print(f"{path}: {flavor} {k}-shot, {n} questions: prompts equal "
               f"{res['prompt_equal']}/{n}, token ids equal {res['ids_equal']}/{n}, predictions "
               f"equal {res['pred_equal']}/{n} ({res['ties']} of the rest are ties < {a.tie}), "
               f"correctness equal {res['correct_equal']}/{n}"

@@ -35,6 +35,9 @@ class _FitsEverything:
     def fits_within_context_window(self, text: str, expected_completion_token_length: int = 0) -> bool:
         return True
 
+    def truncate_from_right(self, text: str, expected_completion_token_length: int = 0) -> str:
+        return text  # called once a prompt has no shots left; it fits, so nothing is cut
+
 
 def helm_prompts(mmlu_dir: str | Path, subjects: list[str]) -> list[dict]:
     from helm.benchmark.adaptation.adapters.multiple_choice_joint_adapter import (

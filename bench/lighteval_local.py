@@ -130,10 +130,12 @@ def load_model(model_dir: str | Path, chat_template: str = "off", batch_size: in
         TransformersModel, TransformersModelConfig)
 
     override = {"off": False, "auto": None, "on": True}[chat_template]
+    # auto: the field left unset, as a user who does not pass it (its pydantic type is bool,
+    # so an explicit None is rejected; the unset default None means "detect")
+    extra = {} if override is None else {"override_chat_template": override}
     cfg = TransformersModelConfig(
         model_name=str(model_dir), device="cpu", dtype="float32", batch_size=batch_size,
-        override_chat_template=override,
-        cache_dir=tempfile.mkdtemp(prefix="lighteval_cache_"))
+        cache_dir=tempfile.mkdtemp(prefix="lighteval_cache_"), **extra)
     return TransformersModel(cfg)
 
 

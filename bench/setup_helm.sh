@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Create (or refresh) a separate virtualenv with crfm-helm 0.5.16's code, to check that its MMLU
-# prompt builder still gives our `helm` flavor's prompts (bench/helm_local.py). Default
-# /work/venvs/helm (override with HELM_VENV).
+# prompt builder still gives our `helm` flavor's prompts (bench/helm_local.py) and that its
+# Hugging Face client feeds a local model what `helm_current` feeds it (bench/helm_current_local.py).
+# Default /work/venvs/helm (override with HELM_VENV).
 #
-# Only the prompt path is installed: crfm-helm itself WITHOUT its dependencies (its full set pins
+# Only the MMLU path is installed: crfm-helm itself WITHOUT its dependencies (its full set pins
 # datasets~=3.1, spacy, torchvision... and pulls CUDA wheels), plus the few packages that
-# helm.benchmark.scenarios.mmlu_scenario and helm.benchmark.adaptation.adapters.* import.
-# Running HELM's model client offline is not attempted (see docs/IMPLEMENTATIONS.md, HELM 0.5.16).
+# helm.benchmark.scenarios.mmlu_scenario, helm.benchmark.adaptation.adapters.* and
+# helm.clients.huggingface_client import (CPU torch, pinned, first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,7 @@ mkdir -p "$(dirname "$VENV")"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off -q)
 "${pip[@]}" --upgrade pip
+"${pip[@]}" "torch==2.13.0"
 "${pip[@]}" --no-deps "crfm-helm==$HELM_VERSION"
 "${pip[@]}" "cattrs~=22.2" "colorlog~=6.9" "dacite~=1.6" "pyhocon~=0.3.59" "ubelt~=1.3" \
   "retrying~=1.3" "tqdm~=4.64" "sqlitedict>=2.1.0,<3.0" "zstandard" "numpy" "pyyaml" "Mako~=1.2" \
@@ -32,6 +34,8 @@ pip=("$VENV/bin/python" -m pip install --disable-pip-version-check --progress-ba
 from helm.benchmark.scenarios.mmlu_scenario import MMLUScenario
 from helm.benchmark.adaptation.adapters.multiple_choice_joint_adapter import MultipleChoiceJointAdapter
 from helm.benchmark.run_specs.lite_run_specs import get_mmlu_spec
+from helm.benchmark.huggingface_registration import register_huggingface_local_model_from_flag_value
+from helm.clients.huggingface_client import HuggingFaceClient
 "
 echo "$want" > "$stamp"
 echo "crfm-helm $HELM_VERSION (prompt path only) ready in $VENV"

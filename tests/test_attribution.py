@@ -102,7 +102,7 @@ def test_walk_and_shapley_recover_each_known_effect():
     pred = predictions(_cache(at_b))
     t = at.attribute(pred, "m", A, B, variants, order=at.FACTORS, n_boot=200, seed=1)
     steps = t.filter(pl.col("kind") == "step").sort("step")
-    walked = [f for f in at.FACTORS if f != "answer_delimiter"]  # the same in both
+    walked = [f for f in at.FACTORS if f not in ("answer_delimiter", "chat")]  # same in both
     assert steps.get_column("factor").to_list() == ["start", *walked]
     assert steps.get_column("prompt").to_list()[0] == "harness_e47e01b"
     assert steps.get_column("prompt").to_list()[-1] == "original"

@@ -6,7 +6,8 @@ definition's own factors (`flavors.FACTORS`, keys of flavors.yaml) as issue 13 l
 | factor | definition keys | costs |
 |---|---|---|
 | header | header | a forward pass per question per new prompt variant |
-| template | reading, example (+ answer, separator), chat | 〃 |
+| template | reading, example (+ answer, separator) | 〃 |
+| chat | chat (the tokenizer's chat template, how and when it renders) | 〃 |
 | shots | shots (split, sampler, seed) | 〃 |
 | answer_delimiter | answer_delimiter | 〃 |
 | tokens | special_tokens, encoding, too_long, continuations | 〃 |
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
@@ -48,9 +50,12 @@ import polars as pl
 from . import flavors as fl
 from .stats import SubjectBootstrap, bootstrap_subject_means, percentile_ci
 
+log = logging.getLogger(__name__)
+
 _GROUPS: dict[str, tuple[str, ...]] = {
     "header": ("header",),
-    "template": ("reading", "example", "chat"),
+    "template": ("reading", "example"),
+    "chat": ("chat",),
     "shots": ("shots",),
     "answer_delimiter": ("answer_delimiter",),
     "tokens": ("special_tokens", "encoding", "too_long", "continuations"),
@@ -67,8 +72,8 @@ FACTORS: tuple[str, ...] = PROMPT_FACTORS + FREE_FACTORS
 # the default walk changes the shots first: every later intermediate prompt then has one fixed
 # set of shots per subject, which the engine runs once per subject (a variant with
 # harness e47e01b's per-question shots costs about 4x the tokens; bench/attribution_cost.py)
-DEFAULT_ORDER: tuple[str, ...] = ("shots", "header", "template", "answer_delimiter", "tokens",
-                                  "scoring", "averaging")
+DEFAULT_ORDER: tuple[str, ...] = ("shots", "header", "template", "chat", "answer_delimiter",
+                                  "tokens", "scoring", "averaging")
 VARIANT_MODES: tuple[str, ...] = ("walk", "shapley", "none")
 MAX_EXACT_VARIANTS = 16
 
@@ -159,6 +164,15 @@ def _with(point: Point, other: Point, factors: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def complete_order(order: Sequence[str]) -> list[str]:
+    """`order` with the `chat` factor right after `template` when it does not name it (an
+    order written before chat rendering was a factor of its own)."""
+    out = list(order)
+    if "chat" not in out and "template" in out:
+        out.insert(out.index("template") + 1, "chat")
+    return out
+
+
 def _check_order(order: Sequence[str]) -> None:
     if sorted(order) != sorted(FACTORS):
         raise ValueError(f"attribution order must name each factor once: {list(FACTORS)}; "
@@ -169,6 +183,7 @@ def walk(a: Point, b: Point, order: Sequence[str], available) -> list[tuple[tupl
     """Points from a to b changing the factors that differ, in `order`, one at a time where
     `available(point)` allows, else several together. Returns [(changed factors, point)],
     starting with ((), a)."""
+    order = complete_order(order)
     _check_order(order)
     todo = [f for f in order if a[f] != b[f]]
     path: list[tuple[tuple[str, ...], dict]] = [((), dict(a))]
@@ -296,7 +311,15 @@ def attribution_table(pred: pl.DataFrame, pairs: Sequence[Sequence[str]] = DEFAU
     for model in sorted(pred.get_column("model").unique().to_list()):
         correct = pred.filter(pl.col("model") == model)
         sc = Scores.of(correct, n_boot, seed)
+        have = set(correct.get_column("prompt").unique().to_list())
+        impls = fl.implementations()
         for a_impl, b_impl, *_ in pairs:  # a pair's own variants mode does not matter here
+            lacking = sorted({impls[x].flavor for x in (a_impl, b_impl)
+                              if x in impls and impls[x].flavor not in have})
+            if lacking:  # e.g. a chat-template flavor not run on a base model
+                log.warning("attribution: %s: pair %s / %s left out: no predictions of %s",
+                            model, a_impl, b_impl, lacking)
+                continue
             frames.append(attribute(correct, model, a_impl, b_impl, variants, order, n_boot,
                                     seed, level, scores=sc))
     return pl.concat(frames) if frames else pl.DataFrame(schema=STEP_SCHEMA)
@@ -371,6 +394,7 @@ def variant_definitions(pairs: Sequence[Sequence[str]], order: Sequence[str] = D
     """
     if mode not in VARIANT_MODES:
         raise ValueError(f"attribution_variants must be one of {VARIANT_MODES}, got {mode!r}")
+    order = complete_order(order)
     _check_order(order)
     impls = fl.implementations()
     seen = {json.dumps(levels(fl.get_flavor(n).spec), sort_keys=True)

@@ -56,11 +56,12 @@ CACHE_SCHEMA = {
     "text_cont_sum": pl.List(pl.Float64),
     "choice_chars": pl.List(pl.Int64), "choices": pl.List(pl.String),
     "gen_ids": pl.List(pl.Int64), "gen_text": pl.String,
+    "chat": pl.Boolean,  # the prompt went through the tokenizer's chat template
 }
 # the view columns that come from tokenizing the prompt row, not from the model
 _ROW_COLUMNS = ("model", "flavor", "subject", "index", "gold", "prompt_sha256", "n_shots",
                 "context_tokens", "truncated", "letter_cont_ids", "text_cont_ids",
-                "choice_chars", "choices")
+                "choice_chars", "choices", "chat")
 _OUTPUT_COLUMNS = tuple(c for c in CACHE_SCHEMA if c not in _ROW_COLUMNS)
 STORE_SCHEMA = {"input_key": pl.String, "prompt_key": pl.String, "index": pl.Int64,
                 **{c: CACHE_SCHEMA[c] for c in _OUTPUT_COLUMNS}}
@@ -260,6 +261,7 @@ def _view_rows(model_name: str, rows: list[dict], tokenized: list, keys: list[st
         "truncated": t.truncated, "letter_cont_ids": t.request.continuations[:4],
         "text_cont_ids": t.request.continuations[4:],
         "choice_chars": [len(c) for c in r["choices"]], "choices": list(r["choices"]),
+        "chat": t.chat,
     } for r, t, k in zip(rows, tokenized, keys)],
         schema={"input_key": pl.String, **{c: CACHE_SCHEMA[c] for c in _ROW_COLUMNS}})
 
@@ -285,14 +287,17 @@ def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
                  max_batch_tokens: int | None = None,
                  checkpoint_questions: int = DEFAULT_CHECKPOINT_QUESTIONS,
                  checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
-                 progress: bool = True, loader: Any = None, stats: JobStats | None = None
-                 ) -> pl.DataFrame:
+                 progress: bool = True, loader: Any = None, stats: JobStats | None = None,
+                 without_template: str = "stop") -> pl.DataFrame:
     """Write the view of a shard (model x flavor x subjects), computing only the questions the
     store does not hold. `loader(entry, model_dir, name)` loads the model (default
-    `models.load_model`; tests pass their own)."""
+    `models.load_model`; tests pass their own). A flavor that needs a chat template on a
+    tokenizer without one: `without_template` "stop" raises, "skip" writes an empty view
+    (the flavor is not run for this model; reductions leave it out)."""
     from . import models
     from .flavors import get_flavor
-    from .tokenize import has_chat_template, letter_ids as get_letter_ids, tokenize_row
+    from .tokenize import (chat_required, has_chat_template, letter_ids as get_letter_ids,
+                           rendering, tokenize_row)
 
     stats = stats if stats is not None else JobStats()
     t0 = time.perf_counter()
@@ -310,7 +315,20 @@ def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
         atomic_write_text(memo_path, json.dumps(memo, sort_keys=True))
     store = Store(Path(store_root), models.model_key(fp))
     letters = get_letter_ids(tokenizer)
-    if get_flavor(flavor).chat != "none" and not has_chat_template(tokenizer):
+    log.info("%s %s: prompts rendered as %s", model_name, flavor,
+             rendering(get_flavor(flavor), tokenizer))
+    if chat_required(get_flavor(flavor)) and not has_chat_template(tokenizer) \
+            and without_template == "skip":
+        log.warning("%s %s: not run for this model: the flavor needs a chat template and the "
+                    "tokenizer has none (chat_without_template: skip); empty view written",
+                    model_name, flavor)
+        view = pl.DataFrame(schema=CACHE_SCHEMA)
+        atomic_write_parquet(view, out_path, {
+            "identity": {**fp, "model_key": store.key, "flavor": flavor},
+            "subjects": subjects, "questions_per_subject": questions_per_subject, "rows": 0,
+            "skipped": "the tokenizer has no chat template"})
+        return view
+    if chat_required(get_flavor(flavor)) and not has_chat_template(tokenizer):
         raise ValueError(f"flavor {flavor!r} renders prompts with the tokenizer's chat "
                          f"template, but model {model_name!r} has none (a base model): leave "
                          "the flavor out for this model")
@@ -335,6 +353,13 @@ def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
         for i in pos:
             if keys[i] not in held:
                 todo.setdefault(keys[i], i)
+        if todo:  # the same model input under another flavor (e.g. helm_current = helm
+            # on a tokenizer without a chat template): copied, never recomputed
+            found = _from_other_flavors(store, flavor, subject, todo, pkeys)
+            if found.height:
+                have = pl.concat([have, found])
+                for k in found["input_key"].to_list():
+                    todo.pop(k, None)
         # computed: counted as each checkpoint is flushed (what a kill leaves is exact);
         # reused: held already, or a repeat of an input computed here once
         stats.reused += len(pos) - len(todo)
@@ -363,6 +388,30 @@ def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
              model_name, flavor, stats.computed, stats.reused, stats.questions,
              time.perf_counter() - t0)
     return view
+
+
+def _from_other_flavors(store: Store, flavor: str, subject: str, todo: dict[str, int],
+                        pkeys: list[str]) -> pl.DataFrame:
+    """Rows for the `todo` input keys held under another flavor of this model and subject.
+    A key is the exact model input, so the values are this flavor's too; they are written
+    once under this flavor (with its prompt keys, so later plans count them cached)."""
+    base = Path(store.root) / store.key
+    frames = []
+    for other in sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
+        if other == flavor or not store.segments(other, subject):
+            continue
+        rows = store.load(other, subject).filter(pl.col("input_key").is_in(list(todo)))
+        if rows.height:
+            frames.append(rows)
+    if not frames:
+        return pl.DataFrame(schema=STORE_SCHEMA)
+    found = pl.concat(frames).unique("input_key", keep="first", maintain_order=True)
+    found = found.with_columns(pl.Series("prompt_key", [pkeys[todo[k]] for k in
+                                                        found["input_key"].to_list()]))
+    store.write(flavor, subject, found, {"copied_from_other_flavors": True})
+    log.info("%s %s: %d questions held under another flavor (same model input), reused",
+             flavor, subject, found.height)
+    return found
 
 
 def _compute(loaded: Any, store: Store, flavor: str, subject: str, positions: list[int],

@@ -93,7 +93,8 @@ def cmd_logits(a: argparse.Namespace) -> None:
                      max_batch_tokens=a.max_batch_tokens or None,
                      checkpoint_questions=a.checkpoint_questions,
                      checkpoint_seconds=a.checkpoint_seconds or None,
-                     progress=not a.no_progress, stats=stats)
+                     progress=not a.no_progress, stats=stats,
+                     without_template=a.without_template)
     except Terminated:
         log.error("%s: terminated by SIGTERM after %d of %d questions were computed and "
                   "flushed; a rerun reuses them", out, stats.computed, stats.questions)
@@ -296,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="... and after about this much work (0: by count only)")
     lg.add_argument("--metrics", help="metrics JSON (default: beside --out)")
     lg.add_argument("--no-progress", action="store_true")
+    lg.add_argument("--without-template", choices=("stop", "skip"), default="stop",
+                    help="a chat-template flavor on a tokenizer without one: stop (error) or "
+                    "skip (empty view: not run for this model)")
     lg.add_argument("--out", required=True)
     flavor_args(lg)
     lg.set_defaults(fn=cmd_logits)

@@ -414,7 +414,7 @@ def validate_definition(name: str, defn: Mapping[str, Any]) -> None:
         _check_template(name, "shots.label", defn["shots"]["label"], TEMPLATE_VARS["answer"])
     for key, t in defn["continuations"].items():
         _check_template(name, f"continuations.{key}", t, TEMPLATE_VARS["continuations"])
-    if defn["chat"] != "none" and defn["too_long"]["then"] == "cut_right":
+    if defn["chat"] not in ("none", "helm_user_auto") and defn["too_long"]["then"] == "cut_right":
         raise FlavorError(f"flavor {name!r}: too_long.then: cut_right cannot cut a chat-rendered "
                           "prompt; use left_truncate or none")
     seen = [s["scorer"] for s in defn["scorers"]]

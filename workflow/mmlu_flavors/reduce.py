@@ -122,18 +122,23 @@ def pred_loglik_acc_norm(cache: pl.DataFrame) -> pl.Series:
     return _argmax(normed, _any_null(cache, "text_cont_sum") | _any_null(cache, "choice_chars"))
 
 
-def _py_em_letter(text: str | None) -> int | None:
+def _py_em_letter(text: str | None, chat: bool | None = False) -> int | None:
     if text is None:
         return None
-    pred = text.split("\n")[0].strip()  # lighteval|mmlu stop sequence "\n", then strip
+    if not chat:  # lighteval|mmlu stop sequence "\n" (under a chat template: EOS only)
+        text = text.split("\n")[0]
+    pred = text.strip()
     return LETTERS.index(pred) if pred in LETTERS else None
 
 
 def pred_greedy_em(cache: pl.DataFrame) -> pl.Series:
     """lighteval|mmlu exact_match: the greedy generation (`gen_text`) cut at the first
-    newline and stripped must be exactly A-D; else (or without a generation) pred null."""
-    return pl.Series("pred", [_py_em_letter(t) for t in cache["gen_text"].to_list()],
-                     dtype=pl.Int8)
+    newline and stripped must be exactly A-D; else (or without a generation) pred null. A row
+    rendered through a chat template (`chat`) is not cut at the newline: lighteval 0.13 stops
+    a chat model's generation at EOS only (`stop_tokens = [eos_token]`)."""
+    chat = cache["chat"].to_list() if "chat" in cache.columns else [False] * cache.height
+    return pl.Series("pred", [_py_em_letter(t, c) for t, c in
+                              zip(cache["gen_text"].to_list(), chat)], dtype=pl.Int8)
 
 
 PRED_FUNCS: dict[str, Callable[[pl.DataFrame], pl.Series]] = {

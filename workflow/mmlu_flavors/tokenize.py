@@ -15,6 +15,12 @@ be applied to any prompt flavor. The rule is read from the flavor's definition
 | harness_current | lmeval: default, as lm-eval 0.4.13 (BOS where the tokenizer adds one) | joint (trailing context whitespace moves into the continuation) | left-truncate |
 | lighteval_mmlu | default | literal; generates 5 greedy tokens | none |
 | lighteval_mcf | default on the context (a trailing EOS dropped), none on continuations | pairwise (trailing context whitespace moves into the continuation) | left-truncate keeping the last token: (ctx + cont)[-L:] |
+| helm_current | default, on the chat-rendered text when the tokenizer has a template | literal | as helm, on the plain text, then wrapped as one user message |
+| lighteval_current | default, on the chat-rendered text when the tokenizer has a template | literal; generates 5 greedy tokens | none |
+
+`helm_current` and `lighteval_current` depend on the tokenizer (`AUTO_CHAT_MODES`): the chat
+template when it has one, their plain flavor (`helm`, `lighteval_mmlu`) exactly otherwise;
+`rendering` says which, `Tokenized.chat` records it per question.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class Tokenized:
     n_shots: int
     truncated: bool
     prompt: str
+    chat: bool = False  # rendered through the tokenizer's chat template
 
 
 def encode(tokenizer: Any, text: str, special: bool) -> list[int]:
@@ -92,6 +99,34 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+# chat modes that render through the template when the tokenizer has one and fall back to the
+# plain text otherwise (the tool's own default: HELM 0.5.16's HuggingFaceClient, lighteval 0.13's
+# TransformersModel); the other non-"none" modes need a template
+AUTO_CHAT_MODES = frozenset({"helm_user_auto", "lighteval_auto"})
+
+
+def chat_required(fl: Flavor) -> bool:
+    """True when the flavor cannot run without a chat template."""
+    return fl.chat != "none" and fl.chat not in AUTO_CHAT_MODES
+
+
+def chat_used(fl: Flavor, tokenizer: Any) -> bool:
+    """Whether this flavor renders through this tokenizer's chat template."""
+    if fl.chat == "none":
+        return False
+    if fl.chat in AUTO_CHAT_MODES:
+        return has_chat_template(tokenizer)
+    return True
+
+
+def rendering(fl: Flavor, tokenizer: Any) -> str:
+    """How this flavor's prompts reach this model, in words (logged per model and flavor)."""
+    if not chat_used(fl, tokenizer):
+        return ("plain text (the tokenizer has no chat template)"
+                if fl.chat in AUTO_CHAT_MODES else "plain text")
+    return f"chat template ({fl.chat})"
+
+
 def chat_messages(row: dict, n_shots: int, mode: str) -> list[dict[str, str]]:
     """lm-eval 0.4.13 `fewshot_context` messages: system = the header (description) when
     non-empty; multiturn: one user (example) / assistant (answer) turn per shot, then the test
@@ -105,6 +140,30 @@ def chat_messages(row: dict, n_shots: int, mode: str) -> list[dict[str, str]]:
         msgs.append({"role": "user",
                      "content": "".join(row["shots"][:n_shots]) + row["test_block"]})
     return msgs
+
+
+def lighteval_messages(row: dict, n_shots: int, fl: Flavor) -> list[dict[str, str]]:
+    """lighteval 0.13 `PromptManager._prepare_chat_template` (no `system_prompt`: the template's
+    own default system message, if any, applies): the instruction is prepended to the first
+    user turn (to the test query when there are no shots); each shot is a user turn (its query,
+    stripped) and an assistant turn with the gold continuation as scored, leading space kept
+    (`get_golds()[0]`, e.g. " A"). The instruction is the header without the "\n\n" that
+    `_prepare_plain_text` joins its parts with (the plain header holds both)."""
+    instruction = row["header"].removesuffix(fl.spec["separator"])
+    delim = fl.spec["answer_delimiter"]
+    msgs: list[dict[str, str]] = []
+    for i, (q, a) in enumerate(zip(row["shot_queries"][:n_shots], row["shot_answers"][:n_shots])):
+        msgs += [{"role": "user", "content": (instruction if i == 0 else "") + q.strip()},
+                 {"role": "assistant", "content": delim + a}]
+    msgs.append({"role": "user",
+                 "content": ("" if msgs else instruction) + row["test_block"].strip()})
+    return msgs
+
+
+def apply_template(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """`tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`,
+    exactly as HELM 0.5.16's HuggingFaceClient.get_prompt and lighteval 0.13 call it."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def render_chat(tokenizer: Any, messages: list[dict[str, str]], flavor: str = "") -> str:
@@ -128,10 +187,21 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]], flavor: str = ""
 
 
 def _prompt_at(row: dict, fl: Flavor, tokenizer: Any) -> Callable[[int], str]:
-    """The prompt text with the first n shots, as this flavor renders it."""
-    if fl.chat == "none":
+    """The prompt text with the first n shots, as this flavor renders it for the too-long
+    policy (helm_user_auto counts the plain text: HELM fits the prompt before its client wraps
+    it)."""
+    if not chat_used(fl, tokenizer) or fl.chat == "helm_user_auto":
         return lambda n: assemble(row["header"], row["shots"], row["test_block"], n)
+    if fl.chat == "lighteval_auto":
+        return lambda n: apply_template(tokenizer, lighteval_messages(row, n, fl))
     return lambda n: render_chat(tokenizer, chat_messages(row, n, fl.chat), fl.name)
+
+
+def _wrap(prompt: str, fl: Flavor, tokenizer: Any) -> str:
+    """HELM 0.5.16 HuggingFaceClient.get_prompt: the fitted plain prompt as one user message."""
+    if fl.chat == "helm_user_auto" and chat_used(fl, tokenizer):
+        return apply_template(tokenizer, [{"role": "user", "content": prompt}])
+    return prompt
 
 
 def _special(rule: str, tokenizer: Any, text: str) -> bool:
@@ -149,7 +219,8 @@ def tokenize_row(row: dict, tokenizer: Any, max_length: int,
     conts = fl.cache_continuations(list(row["choices"]))
     prompt_at = _prompt_at(row, fl, tokenizer)
     n = len(row["shots"])
-    prompt = row["prompt"] if fl.chat == "none" else prompt_at(n)
+    chat = chat_used(fl, tokenizer)
+    prompt = row["prompt"] if not chat or fl.chat == "helm_user_auto" else prompt_at(n)
     truncated = False
     drop = spec["too_long"]["drop_shots"]
     if drop is not None:
@@ -168,6 +239,7 @@ def tokenize_row(row: dict, tokenizer: Any, max_length: int,
             if len(ids) + reserve > limit:  # no shots left: HELM cuts the text from the right
                 prompt = tokenizer.decode(ids[: limit - reserve])
                 truncated = True
+    prompt = _wrap(prompt, fl, tokenizer)
     then = spec["too_long"]["then"]
     feed_limit = {"left_truncate": max_length,
                   "left_truncate_keep_last": max_length - 1}.get(then, NO_LIMIT)
@@ -184,8 +256,8 @@ def tokenize_row(row: dict, tokenizer: Any, max_length: int,
     else:
         t = _joint(tokenizer, prompt, conts, special, feed_limit, n, truncated)
     if fl.generate:
-        t = Tokenized(replace(t.request, generate=fl.generate), t.n_shots, t.truncated, t.prompt)
-    return t
+        t = replace(t, request=replace(t.request, generate=fl.generate))
+    return replace(t, chat=chat)
 
 
 def _pairwise(tokenizer: Any, prompt: str, conts: list[str], special: bool, max_length: int,

@@ -20,6 +20,7 @@ rule logits:
         model_dir=lambda wc: model_dir(wc.model) or "",
         store=CACHE_STORE,
         flavor_defs=lambda wc: flavor_defs([wc.flavor]),
+        without_template=config.get("chat_without_template", "stop"),
     wildcard_constraints:
         flavor="|".join(ALL_FLAVORS),
         selection=r"all|first\d+",
@@ -53,4 +54,5 @@ rule logits:
         "--batch-size {resources.batch_size} --max-batch-tokens {resources.max_batch_tokens} "
         "--checkpoint-questions {resources.checkpoint_questions} "
         "--checkpoint-seconds {resources.checkpoint_seconds} "
+        "--without-template {params.without_template} "
         "--flavor-defs {params.flavor_defs:q} --out {output.view:q} --metrics {output.metrics:q} 2> {log:q}"

@@ -1,0 +1,166 @@
+"""helm_current and lighteval_current: today's tools as they run an instruct model by default.
+
+Both render through the tokenizer's chat template when it has one and are their plain
+flavor exactly otherwise (`chat: helm_user_auto`, `chat: lighteval_auto`). Checked here with
+small real tokenizers (tests/tiny_tokenizers.py: one with SmolLM2's ChatML template, two
+without) and a tiny random model: the rendered text and ids; the same model input, hence the
+same cache key and zero new forwards, where there is no template; lighteval's EM without the
+newline cut under a chat template. Agreement with the real packages on the embedded models:
+tests/test_today_golden.py (golden rows) and bench/compare_helm_current.py, compare_lighteval.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from mmlu_flavors import cache, engine, models
+from mmlu_flavors.flavors import get_flavor
+from mmlu_flavors.prompts import build_prompts
+from mmlu_flavors.reduce import predictions
+from mmlu_flavors.tokenize import (chat_required, letter_ids, lighteval_messages, rendering,
+                                   tokenize_row)
+from synthetic_cache import cache_row, make_cache
+from tiny_tokenizers import bytelevel_chat, bytelevel_no_bos, sentencepiece_bos
+from workflow_fixture import make_tiny_model
+
+SUBJECTS = ["abstract_algebra", "college_mathematics"]
+PAIRS = {"helm_current": "helm", "lighteval_current": "lighteval_mmlu"}
+
+
+def _rows(questions, flavor: str, k: int = 5, n: int = 3) -> list[dict]:
+    df = build_prompts(questions, flavor, num_fewshot=k, subjects=SUBJECTS,
+                       questions_per_subject=n)
+    return df.sort("subject", "index").to_dicts()
+
+
+@pytest.mark.parametrize("current,plain", sorted(PAIRS.items()))
+@pytest.mark.parametrize("make_tok", [bytelevel_no_bos, sentencepiece_bos])
+def test_without_a_template_the_model_input_is_the_plain_flavors(questions, current, plain,
+                                                                   make_tok):
+    tok = make_tok(questions)
+    assert not getattr(tok, "chat_template", None)
+    assert not chat_required(get_flavor(current))
+    assert rendering(get_flavor(current), tok).startswith("plain text")
+    letters = letter_ids(tok)
+    for k in (0, 5):
+        for a, b in zip(_rows(questions, current, k), _rows(questions, plain, k)):
+            assert a["prompt"] == b["prompt"]
+            ta, tb = tokenize_row(a, tok, 2048), tokenize_row(b, tok, 2048)
+            assert ta.request == tb.request and ta.prompt == tb.prompt and not ta.chat
+            assert cache.input_key(ta.request, letters) == cache.input_key(tb.request, letters)
+
+
+def test_helm_current_wraps_the_whole_prompt_as_one_user_message(questions):
+    tok = bytelevel_chat(questions)
+    assert rendering(get_flavor("helm_current"), tok) == "chat template (helm_user_auto)"
+    for k in (0, 5):
+        for row, plain in zip(_rows(questions, "helm_current", k), _rows(questions, "helm", k)):
+            t = tokenize_row(row, tok, 2048)
+            want = tok.apply_chat_template([{"role": "user", "content": plain["prompt"]}],
+                                           tokenize=False, add_generation_prompt=True)
+            assert t.chat and t.prompt == want
+            assert t.prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant")
+            assert t.prompt.endswith(plain["prompt"] + "<|im_end|>\n<|im_start|>assistant\n")
+            assert t.request.context == tok(want)["input_ids"]  # default special tokens
+            assert t.request.generate == 0  # one token: the greedy token every row has
+
+
+def test_helm_current_fits_the_plain_text_then_wraps(questions):
+    """HELM's adapter drops shots while the PLAIN prompt does not fit (tokens + 1 <= max
+    length); its client wraps what is left, which may then be longer than the model's
+    context: nothing cuts it again."""
+    tok = bytelevel_chat(questions)
+    row = _rows(questions, "helm_current", 5, 1)[0]
+    plain_ids = tok(row["prompt"], add_special_tokens=False)["input_ids"]
+    limit = len(plain_ids)  # the full plain prompt needs len + 1: one shot must go
+    t = tokenize_row(row, tok, limit)
+    h = tokenize_row(_rows(questions, "helm", 5, 1)[0], bytelevel_no_bos(questions), limit)
+    assert t.n_shots == 4 and t.truncated
+    fitted = row["header"] + "".join(row["shots"][:4]) + row["test_block"]
+    assert t.prompt == tok.apply_chat_template([{"role": "user", "content": fitted}],
+                                               tokenize=False, add_generation_prompt=True)
+    assert t.request.context == tok(t.prompt)["input_ids"]  # not cut again after wrapping
+    assert h.n_shots == 4
+
+
+def test_lighteval_current_renders_shots_as_turns(questions):
+    tok = bytelevel_chat(questions)
+    fl = get_flavor("lighteval_current")
+    for k in (0, 5):
+        for row in _rows(questions, "lighteval_current", k):
+            msgs = lighteval_messages(row, k, fl)
+            instruction = ("The following are multiple choice questions (with answers) about "
+                           f"{row['subject'].replace('_', ' ')}.\n\n")
+            assert [m["role"] for m in msgs] == ["user", "assistant"] * k + ["user"]
+            assert msgs[0]["content"].startswith(instruction + "Question: ")
+            assert all(not m["content"].startswith("The following")
+                       for m in msgs[1:])
+            assert [m["content"] for m in msgs[1::2]] == [" " + a for a in row["shot_answers"]]
+            assert msgs[-1]["content"].endswith("\nAnswer:")
+            t = tokenize_row(row, tok, 2048)
+            assert t.chat and t.prompt == tok.apply_chat_template(
+                msgs, tokenize=False, add_generation_prompt=True)
+            assert t.request.context == tok(t.prompt)["input_ids"]
+            assert t.request.generate == 5
+
+
+def test_greedy_em_cuts_at_newline_only_on_plain_prompts():
+    rows = [cache_row(index=i, gold=0, gen_text=text, chat=chat)
+            for i, (text, chat) in enumerate([("A\nB", False), ("A\nB", True), (" A", True),
+                                              ("A", None)])]
+    pred = predictions(make_cache(rows), ["greedy_em"]).sort("index")["pred"].to_list()
+    assert pred == [0, None, 0, 0]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(questions, tmp_path_factory) -> Path:
+    return make_tiny_model(questions, tmp_path_factory.mktemp("today") / "tiny")
+
+
+def test_same_input_under_another_flavor_costs_no_forward(questions, tiny_dir, tmp_path,
+                                                          monkeypatch):
+    """A tokenizer without a template: helm_current's questions are helm's model inputs, so
+    after a helm run its job computes nothing (no engine call) and its plan, once it has run,
+    counts every question cached."""
+    calls: list[int] = []
+    real = engine.run_fast
+    monkeypatch.setattr(engine, "run_fast",
+                        lambda m, reqs, *a, **k: calls.append(len(reqs)) or real(m, reqs, *a, **k))
+    prompts = pl.concat([build_prompts(questions, f, subjects=SUBJECTS)
+                         for f in ("helm", "helm_current")])
+    entry = {"source": "local", "path": str(tiny_dir), "dtype": "float32", "device": "cpu"}
+    views = {}
+    for flavor in ("helm", "helm_current"):
+        stats = cache.JobStats()
+        views[flavor] = cache.compute_view(prompts, "tiny", entry, None, flavor, SUBJECTS, 3,
+                                           tmp_path / f"{flavor}.parquet", tmp_path / "store",
+                                           progress=False, stats=stats)
+        assert stats.questions == 6
+        assert (stats.computed, stats.reused) == ((6, 0) if flavor == "helm" else (0, 6))
+    assert calls == [3, 3]  # helm's two subjects; nothing for helm_current
+    cols = [c for c in cache.CACHE_SCHEMA if c not in ("flavor",)]
+    assert views["helm"].select(cols).equals(views["helm_current"].select(cols))
+    key = models.model_key(models.fingerprint(entry))
+    store = cache.Store(tmp_path / "store", key, readonly=True)
+    assert cache.plan_counts(prompts, store, "helm_current", SUBJECTS, 3, None) == (6, 6)
+
+
+def test_a_chat_flavor_on_a_model_without_template_stops_or_is_skipped(questions, tiny_dir,
+                                                                       tmp_path, monkeypatch):
+    """lmeval_chat needs a template: by default the job stops naming flavor and model; with
+    chat_without_template: skip (the 2026 study) it writes an empty view and runs nothing."""
+    calls: list[int] = []
+    monkeypatch.setattr(engine, "run_fast", lambda m, reqs, *a, **k: calls.append(len(reqs)))
+    prompts = build_prompts(questions, "lmeval_chat", subjects=SUBJECTS)
+    entry = {"source": "local", "path": str(tiny_dir), "dtype": "float32", "device": "cpu"}
+    args = (prompts, "tiny", entry, None, "lmeval_chat", SUBJECTS, 2)
+    with pytest.raises(ValueError, match="lmeval_chat.*tiny.*has none"):
+        cache.compute_view(*args, tmp_path / "stop.parquet", tmp_path / "store", progress=False)
+    view = cache.compute_view(*args, tmp_path / "skip.parquet", tmp_path / "store",
+                              progress=False, without_template="skip")
+    assert view.height == 0 and calls == []
+    back = cache.read_shards([tmp_path / "skip.parquet"])
+    assert back.height == 0 and predictions(back).height == 0
