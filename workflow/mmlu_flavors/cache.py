@@ -24,9 +24,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +220,46 @@ class Store:
             atomic_write_text(path, json.dumps({"model_key": self.key, "fingerprint": fingerprint,
                                                 "details": details}, indent=2,
                                                sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------- SIGTERM
+
+class Terminated(BaseException):
+    """SIGTERM (a SLURM time limit, `scancel`, preemption): the job stops; every finished
+    checkpoint is in the store. A BaseException, like KeyboardInterrupt, so that no
+    `except Exception` on its way up (logging's emit, a reader's fallback) swallows it."""
+
+
+_commit_depth = 0        # > 0 while a checkpoint is being committed (segment + counters + log)
+_term_pending = False    # SIGTERM arrived during a commit: raised when the commit ends
+
+
+def on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM handler of a logits job (`mmlu-flavors logits` installs it). Stops at once,
+    except inside a checkpoint commit, which finishes first (its questions are then counted
+    and logged as flushed). Later SIGTERMs are ignored: SLURM may send several (slurmd to
+    every process of the step, srun forwarding its own), and the second one must not cut
+    the log line of the first; SIGKILL after KillWait still ends a job that hangs."""
+    global _term_pending
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if _commit_depth:
+        _term_pending = True
+        return
+    raise Terminated(f"signal {signum}")
+
+
+@contextmanager
+def _commit_section():
+    """Defer SIGTERM while one checkpoint is written, counted and logged."""
+    global _commit_depth, _term_pending
+    _commit_depth += 1
+    try:
+        yield
+    finally:
+        _commit_depth -= 1
+    if _term_pending and not _commit_depth:
+        _term_pending = False
+        raise Terminated("signal 15 (during a checkpoint commit)")
 
 
 # ---------------------------------------------------------------- a job
@@ -440,16 +482,17 @@ def _compute(loaded: Any, store: Store, flavor: str, subject: str, positions: li
         df = _output_rows([tokenized[i] for i in chunk], results, [keys[i] for i in chunk],
                           [pkeys[i] for i in chunk], [prompt_rows[i]["index"] for i in chunk],
                           letters, loaded.tokenizer)
-        store.write(flavor, subject, df, {"dtype": loaded.dtype, "device": loaded.device,
-                                          "model": loaded.name})
-        stats.computed += len(chunk)
-        stats.tokens += es.tokens
-        stats.forward_seconds += es.seconds
-        stats.segments += 1
-        out.append(df)
-        start += len(chunk)
-        log.info("%s %s %s: checkpoint of %d questions written (%d/%d)", loaded.name, flavor,
-                 subject, len(chunk), start, len(positions))
+        with _commit_section():  # a SIGTERM here waits until the checkpoint is counted
+            store.write(flavor, subject, df, {"dtype": loaded.dtype, "device": loaded.device,
+                                              "model": loaded.name})
+            stats.computed += len(chunk)
+            stats.tokens += es.tokens
+            stats.forward_seconds += es.seconds
+            stats.segments += 1
+            out.append(df)
+            start += len(chunk)
+            log.info("%s %s %s: checkpoint of %d questions written (%d/%d)", loaded.name,
+                     flavor, subject, len(chunk), start, len(positions))
         if checkpoint_seconds:
             step = max(1, min(int(checkpoint), int(checkpoint_seconds / max(per_question, 1e-6))))
     return pl.concat(out)

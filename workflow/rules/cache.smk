@@ -47,7 +47,10 @@ rule logits:
     log:
         "logs/logits/{model}/{flavor}/{selection}/{shard}.log",
     shell:
-        "OMP_NUM_THREADS={threads} {PY} logits --prompts {input.prompts:q} "
+        # exec: python replaces the rule's bash, so the signals SLURM sends at a time limit,
+        # scancel or preemption (SIGTERM, then SIGKILL after KillWait) reach the process that
+        # flushes, and no orphan outlives the job (ci/slurm/README.md, "Signals")
+        "exec env OMP_NUM_THREADS={threads} {PY} logits --prompts {input.prompts:q} "
         "--flavor {wildcards.flavor:q} --model-name {params.name:q} --entry {params.entry:q} "
         "--model-dir={params.model_dir:q} --subjects {params.subjects:q} "
         "--questions-per-subject {params.n} --store {params.store:q} "
