@@ -153,9 +153,11 @@ class Session:
                 "return_tokens_as_token_ids": True}
 
     def score(self, seq: Sequence[int]) -> dict[str, Any]:
-        """Echoed log-probs of `seq` (one per token, the first None) and the top log-probs
-        after it: {"token_logprobs", "top_logprobs" (per token), "next_top" (dict)}."""
+        """Echoed log-probs of `seq` (one per token; None where the server gives none) and
+        the top log-probs after it: {"token_logprobs", "top_logprobs" (per token),
+        "next_top" (dict), "next_token"}."""
         seq = [int(t) for t in seq]
+        sent, strip = seq, False
         if self.as_ids is not False:
             try:
                 out = self.client.call("/completions", self._body(seq))
@@ -166,21 +168,35 @@ class Session:
                 self.as_ids = False  # a text-only server (llama-cpp-python)
                 log.info("%s takes no token-id prompts: sending decoded text", _who(self.entry))
         if self.as_ids is False:
+            # a text prompt gets the server's BOS: send ours as that one
+            bos = getattr(self.tokenizer, "bos_token_id", None)
+            strip = bos is not None and len(seq) > 1 and seq[0] == bos
+            sent = seq[1:] if strip else seq
             out = self.client.call("/completions", self._body(
-                self.tokenizer.decode(seq, skip_special_tokens=False)))
+                self.tokenizer.decode(sent, skip_special_tokens=False)))
         choice = (out.get("choices") or [{}])[0]
         lp = choice.get("logprobs") or {}
-        tl, top = lp.get("token_logprobs"), lp.get("top_logprobs")
-        if not tl or not top or len(tl) < len(seq):
+        tl, top, toks = lp.get("token_logprobs"), lp.get("top_logprobs"), lp.get("tokens")
+        if not tl or not top or not toks:
             raise ServerError(f"{_who(self.entry)} returned no prompt log-probs (echo with "
                               "logprobs unsupported?): refusing to score, since a missing "
                               "log-prob would read as a chance-level answer")
-        if len(tl) != len(seq) + 1:
-            raise ServerError(f"{_who(self.entry)}: echoed {len(tl) - 1} prompt tokens for a "
-                              f"prompt of {len(seq)} (it tokenized the text differently: use a "
-                              "server that takes token-id prompts)")
-        return {"token_logprobs": tl[:len(seq)], "top_logprobs": top[:len(seq)],
-                "next_top": top[len(seq)] or {}, "next_token": lp["tokens"][len(seq)]}
+        n = len(sent)
+        if len(tl) != n + 1 or len(top) != n + 1 or len(toks) != n + 1:
+            raise ServerError(f"{_who(self.entry)}: {len(tl)} echoed log-probs for a prompt of "
+                              f"{n} tokens plus one generated: they do not line up with the "
+                              "prompt (another tokenization, or a server that shifts echoed "
+                              "log-probs); refusing to score")
+        if self.as_ids is False:
+            # (the first token's text may lose a leading space in either detokenizer)
+            ours = [self.tokenizer.decode([t], skip_special_tokens=False) for t in sent[1:]]
+            if [str(t) for t in toks[1:n]] != ours:
+                raise ServerError(f"{_who(self.entry)}: the server tokenized the prompt text "
+                                  "differently from our token ids; use a server that takes "
+                                  "token-id prompts (vLLM, SGLang)")
+        pad = [None] if strip else []
+        return {"token_logprobs": pad + tl[:n], "top_logprobs": pad + top[:n],
+                "next_top": top[n] or {}, "next_token": toks[n]}
 
 
 def _answer_from(s: Session, ctx: dict[str, Any], letters: dict[int, float]) -> dict[str, Any]:
