@@ -2,7 +2,7 @@
 
 Step 1 (the helm venv, bench/setup_helm.sh) runs HELM's prompt path and Hugging Face client::
 
-    /work/venvs/helm/bin/python bench/helm_current_local.py data/models/smollm2-135m-instruct \\
+    ~/.cache/mmlu-flavors/venvs/helm/bin/python bench/helm_current_local.py data/models/smollm2-135m-instruct \\
         resources/mmlu abstract_algebra college_physics --limit 25 --num-fewshot 5 --out ref.jsonl
 
 Step 2 (project venv) runs our pipeline on the same questions (prompt table -> tokenize_row ->

@@ -2,7 +2,7 @@
 
 Step 1 (lighteval's venv, see bench/setup_lighteval.sh) dumps what the package does::
 
-    PYTHONPATH=workflow /work/venvs/lighteval/bin/python bench/lighteval_local.py \\
+    PYTHONPATH=workflow ~/.cache/mmlu-flavors/venvs/lighteval/bin/python bench/lighteval_local.py \\
         data/models/smollm2-135m-instruct resources/mmlu abstract_algebra college_physics \\
         --task mcf --num-fewshot 5 --limit 25 --out /tmp/ref_mcf.jsonl
 

@@ -1,8 +1,8 @@
 """Run crfm-helm 0.5.16's MMLU on a local Hugging Face model, offline: the `helm_current` reference.
 
-Runs in the helm venv (bench/setup_helm.sh, default /work/venvs/helm)::
+Runs in the helm venv (bench/setup_helm.sh, default ~/.cache/mmlu-flavors/venvs/helm)::
 
-    /work/venvs/helm/bin/python bench/helm_current_local.py MODEL_DIR resources/mmlu SUBJECT... \\
+    ~/.cache/mmlu-flavors/venvs/helm/bin/python bench/helm_current_local.py MODEL_DIR resources/mmlu SUBJECT... \\
         [--limit N] [--num-fewshot K] --out rows.jsonl
 
 What ``helm-run --enable-local-huggingface-models MODEL_DIR`` does for ``mmlu:subject=S``,

@@ -1,8 +1,8 @@
 """Build MMLU prompts with crfm-helm 0.5.16's own code, offline, on the local CSVs.
 
-Runs in the helm venv (bench/setup_helm.sh, default /work/venvs/helm)::
+Runs in the helm venv (bench/setup_helm.sh, default ~/.cache/mmlu-flavors/venvs/helm)::
 
-    /work/venvs/helm/bin/python bench/helm_local.py resources/mmlu SUBJECT... --out helm.jsonl
+    ~/.cache/mmlu-flavors/venvs/helm/bin/python bench/helm_local.py resources/mmlu SUBJECT... --out helm.jsonl
 
 Executed HELM code: ``MMLUScenario.get_instances`` (its CSV reader: ``open(path)`` in text mode
 + ``csv.reader``; the data directory is a symlink to the local CSVs, so its download step sees

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/lighteval_agreement}
-LE=${LIGHTEVAL_VENV:-/work/venvs/lighteval}/bin/python
+LE=${LIGHTEVAL_VENV:-$HOME/.cache/mmlu-flavors/venvs/lighteval}/bin/python
 PY=${PYTHON:-.venv/bin/python}
 MMLU=${MMLU_DIR:-resources/mmlu}
 export PYTHONPATH=$PWD/workflow

@@ -2,9 +2,9 @@
 
 Reference runner for the ``lighteval_*`` flavors (docs/IMPLEMENTATIONS.md, section 5). It
 runs in lighteval's own virtualenv (``bench/setup_lighteval.sh``, default
-``/work/venvs/lighteval``) because lighteval's pins clash with the project's::
+``~/.cache/mmlu-flavors/venvs/lighteval``) because lighteval's pins clash with the project's::
 
-    PYTHONPATH=workflow /work/venvs/lighteval/bin/python bench/lighteval_local.py \\
+    PYTHONPATH=workflow ~/.cache/mmlu-flavors/venvs/lighteval/bin/python bench/lighteval_local.py \\
         MODEL_DIR resources/mmlu SUBJECT... --task mmlu --num-fewshot 5 --out rows.jsonl
 
 Tasks (the package's own `LightevalTaskConfig` objects, imported, never rewritten):

@@ -2,7 +2,7 @@
 # Create (or refresh) a separate virtualenv with crfm-helm 0.5.16's code, to check that its MMLU
 # prompt builder still gives our `helm` flavor's prompts (bench/helm_local.py) and that its
 # Hugging Face client feeds a local model what `helm_current` feeds it (bench/helm_current_local.py).
-# Default /work/venvs/helm (override with HELM_VENV).
+# Default $HOME/.cache/mmlu-flavors/venvs/helm (override with HELM_VENV).
 #
 # Only the MMLU path is installed: crfm-helm itself WITHOUT its dependencies (its full set pins
 # datasets~=3.1, spacy, torchvision... and pulls CUDA wheels), plus the few packages that
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-VENV=${HELM_VENV:-/work/venvs/helm}
+VENV=${HELM_VENV:-$HOME/.cache/mmlu-flavors/venvs/helm}
 HELM_VERSION=0.5.16
 stamp="$VENV/.mmlu-flavors-helm"
 want=$(sha256sum bench/setup_helm.sh | cut -d' ' -f1)

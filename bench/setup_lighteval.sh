@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or refresh) a separate virtualenv for lighteval, the reference package of the
 # lighteval_* flavors. Its pins clash with the project's (huggingface_hub<2 among others), so it
-# lives OUTSIDE the repo, default /work/venvs/lighteval (override with LIGHTEVAL_VENV).
+# lives OUTSIDE the repo, default $HOME/.cache/mmlu-flavors/venvs/lighteval (override with LIGHTEVAL_VENV).
 #
 # Recipe that runs offline here:
 #   * CPU torch first, pinned (an unpinned torch pulls several GB of CUDA wheels);
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-VENV=${LIGHTEVAL_VENV:-/work/venvs/lighteval}
+VENV=${LIGHTEVAL_VENV:-$HOME/.cache/mmlu-flavors/venvs/lighteval}
 LIGHTEVAL_VERSION=0.13.0
 stamp="$VENV/.mmlu-flavors-lighteval"
 want=$(sha256sum bench/setup_lighteval.sh | cut -d' ' -f1)

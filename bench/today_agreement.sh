@@ -11,8 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/today_agreement}
 WHICH=${2:-all}
-HELM=${HELM_VENV:-/work/venvs/helm}/bin/python
-LE=${LIGHTEVAL_VENV:-/work/venvs/lighteval}/bin/python
+HELM=${HELM_VENV:-$HOME/.cache/mmlu-flavors/venvs/helm}/bin/python
+LE=${LIGHTEVAL_VENV:-$HOME/.cache/mmlu-flavors/venvs/lighteval}/bin/python
 PY=${PYTHON:-.venv/bin/python}
 MMLU=${MMLU_DIR:-resources/mmlu}
 LIMIT=${LIMIT:-25}

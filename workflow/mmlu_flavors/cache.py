@@ -332,25 +332,27 @@ def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
                  progress: bool = True, loader: Any = None, stats: JobStats | None = None,
                  without_template: str = "stop") -> pl.DataFrame:
     """Write the view of a shard (model x flavor x subjects), computing only the questions the
-    store does not hold. `loader(entry, model_dir, name)` loads the model (default
-    `models.load_model`; tests pass their own). A flavor that needs a chat template on a
-    tokenizer without one: `without_template` "stop" raises, "skip" writes an empty view
-    (the flavor is not run for this model; reductions leave it out)."""
-    from . import models
+    store does not hold. The entry's backend (`backends`) computes them;
+    `loader(entry, model_dir, name)` loads the model (default: the backend's loader,
+    `models.load_model` for transformers; tests pass their own). A flavor that needs a chat
+    template on a tokenizer without one: `without_template` "stop" raises, "skip" writes an
+    empty view (the flavor is not run for this model; reductions leave it out)."""
+    from . import backends, models
     from .flavors import get_flavor
     from .tokenize import (chat_required, has_chat_template, letter_ids as get_letter_ids,
                            rendering, tokenize_row)
 
     stats = stats if stats is not None else JobStats()
     t0 = time.perf_counter()
+    backend = backends.get(entry, model_name)
+    loader = loader or backend.load
     tokenizer, max_length = models.load_tokenizer(entry, model_dir, model_name)
     memo_path = Path(store_root) / "file_hashes.json"
     memo = _read_json(memo_path)
     fp = models.fingerprint(entry, model_dir, memo, name=model_name)
     loaded = None
     if fp is None:  # e.g. a Hub branch not in the local Hub cache: loading resolves it
-        loaded, stats.load_seconds = _timed(loader or models.load_model, entry, model_dir,
-                                            model_name)
+        loaded, stats.load_seconds = _timed(loader, entry, model_dir, model_name)
         fp = models.fingerprint(entry, model_dir, memo, commit=loaded.identity.get("commit"),
                                 name=model_name)
     if memo:
@@ -407,11 +409,10 @@ def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
         stats.reused += len(pos) - len(todo)
         if todo:
             if loaded is None:
-                loaded, stats.load_seconds = _timed(loader or models.load_model, entry,
-                                                    model_dir, model_name)
+                loaded, stats.load_seconds = _timed(loader, entry, model_dir, model_name)
                 store.write_identity(fp, {"name": model_name, **loaded.identity,
                                           "dtype": loaded.dtype, "device": loaded.device})
-            new = _compute(loaded, store, flavor, subject, list(todo.values()), tokenized,
+            new = _compute(backend, loaded, store, flavor, subject, list(todo.values()), tokenized,
                            keys, pkeys, prompt_rows, letters, batch_size, max_batch_tokens,
                            checkpoint_questions, checkpoint_seconds, progress, stats)
             have = pl.concat([have, new])
@@ -456,14 +457,15 @@ def _from_other_flavors(store: Store, flavor: str, subject: str, todo: dict[str,
     return found
 
 
-def _compute(loaded: Any, store: Store, flavor: str, subject: str, positions: list[int],
+def _compute(backend: Any, loaded: Any, store: Store, flavor: str, subject: str, positions: list[int],
              tokenized: list, keys: list[str], pkeys: list[str], prompt_rows: list[dict],
              letters: list[int | None], batch_size: int, max_batch_tokens: int | None,
              checkpoint: int, checkpoint_seconds: float | None, progress: bool,
              stats: JobStats) -> pl.DataFrame:
     """Run the model on `positions` in checkpoints, each a new segment: at most `checkpoint`
     questions, and after the first, about `checkpoint_seconds` of work (sized from the
-    measured seconds per question), so a kill loses at most that much."""
+    measured seconds per question), so a kill loses at most that much. `backend` (the
+    entry's, `backends.get`) computes each checkpoint; nothing here depends on which."""
     from . import engine
 
     out = []
@@ -474,10 +476,13 @@ def _compute(loaded: Any, store: Store, flavor: str, subject: str, positions: li
         log.info("%s %s %s: computing %d questions (%d-%d of %d)", loaded.name, flavor, subject,
                  len(chunk), start + 1, start + len(chunk), len(positions))
         es = engine.EngineStats()
-        kwargs = {"max_batch_tokens": max_batch_tokens} if max_batch_tokens else {}
         t = time.perf_counter()
-        results = engine.run_fast(loaded.model, [tokenized[i].request for i in chunk], letters,
-                                  batch_size=batch_size, progress=progress, stats=es, **kwargs)
+        results = backend.run(loaded, [tokenized[i].request for i in chunk], letters,
+                              batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                              progress=progress, stats=es)
+        if len(results) != len(chunk):  # never half-cache: nothing of this chunk is written
+            raise RuntimeError(f"backend {backend.name}: {len(results)} results for "
+                               f"{len(chunk)} requests")
         per_question = (time.perf_counter() - t) / len(chunk)
         df = _output_rows([tokenized[i] for i in chunk], results, [keys[i] for i in chunk],
                           [pkeys[i] for i in chunk], [prompt_rows[i]["index"] for i in chunk],

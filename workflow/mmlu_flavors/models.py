@@ -10,6 +10,7 @@ An entry is a dict:
 | `device_map` | `auto` spreads the model over all GPUs (accelerate) | none |
 | `max_length` | context length override | see `context_length` |
 | `trust_remote_code` | only `true` enables it | `false` |
+| `backend` | `transformers`, `llama_cpp` (the GGUF file in llama.cpp), `openai_completions` (a server); see `backends` | `transformers` |
 
 A GGUF model is dequantized by transformers and saved once as safetensors (`convert_gguf`,
 one Snakemake rule per model); `load_model` then reads that directory like a local model.
@@ -541,8 +542,22 @@ def fingerprint(entry: dict[str, Any], model_dir: str | Path | None = None,
                 name: str | None = None) -> dict[str, Any] | None:
     """What a cached value depends on, known without loading weights: the weights and
     tokenizer (GGUF sha256, a local directory's file hashes, or a Hub commit), dtype, device
-    kind and `trust_remote_code`. None where it cannot be known yet (a Hub branch not in the
-    local Hub cache: the job resolves it by loading, `commit` then passes it in)."""
+    kind and `trust_remote_code`; then the entry's backend adds itself (its name, version and
+    numeric settings; the default transformers backend adds nothing, so its keys predate the
+    backends). None where it cannot be known yet (a Hub branch not in the local Hub cache:
+    the job resolves it by loading, `commit` then passes it in)."""
+    from . import backends
+
+    backend = backends.get(entry, name)
+    if backend.name == "openai_completions":  # weights live on the server: no local files
+        return backend.identity(entry, {})
+    base = _weights_fingerprint(entry, model_dir, memo, commit, name)
+    return None if base is None else backend.identity(entry, base)
+
+
+def _weights_fingerprint(entry: dict[str, Any], model_dir: str | Path | None,
+                         memo: dict[str, Any] | None, commit: str | None,
+                         name: str | None) -> dict[str, Any] | None:
     source = _source(entry, name)
     fp: dict[str, Any] = {"dtype": _dtype_name(entry, name),
                           "device": device_kind(entry),
