@@ -18,6 +18,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/tokens.smk"
 include: "workflow/rules/cache.smk"
 include: "workflow/rules/scores.smk"
 include: "workflow/rules/cost.smk"

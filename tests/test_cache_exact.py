@@ -84,9 +84,10 @@ def test_fast_equals_naive_on_real_prompts(loaded, prompts, flavor, variant) -> 
     if variant == "batched-tight" and flavor.startswith("harness"):
         assert 0 < stats.naive_fallbacks < len(reqs)  # truncated and untruncated, batched
     if mode == "batched" and budget is None:
-        assert stats.forwards < len(reqs) and stats.pad_tokens > 0
+        # many questions per forward, packed flat: little padding
+        assert stats.forwards < len(reqs) and stats.pad_tokens <= stats.tokens // 10
     if budget is not None:
-        assert max(stats.forward_tokens) <= budget and stats.pad_tokens > 0
+        assert max(stats.forward_tokens) <= budget
     for f, n in zip(fast, naive):
         assert all(_close(a, b) for a, b in zip(f.candidate_logprobs, n.candidate_logprobs))
         assert _close(f.greedy_logprob, n.greedy_logprob)

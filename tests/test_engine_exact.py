@@ -213,7 +213,7 @@ def test_token_budget_halves_on_out_of_memory(model_and_requests, monkeypatch, c
 
     def forward(self, bins, prefix_len, cache):
         width = max(sum(len(r.tokens) for r in b) for b in bins)
-        if len(bins) > 1 and len(bins) * width > 100:
+        if sum(map(len, bins)) > 1 and len(bins) * width > 100:  # several questions' rows
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
         return real(self, bins, prefix_len, cache)
 
@@ -272,16 +272,24 @@ def test_guard_static_reasons():
     assert "flash_attention_2" in batched_support(other)
 
 
-def test_take_packs_short_rows_into_bins():
-    """A batch's first (longest) row sets the width; shorter rows share a bin first-fit
-    instead of padding; a bin opens only while bins x width <= budget."""
+def test_take_packs_short_rows_into_bins(monkeypatch):
+    """Rows pack flat into bins PACK_WIDTH wide (the budget when smaller, the first row when
+    longer), first-fit decreasing; a bin opens only while bins x width <= budget; then the
+    same rows are spread over fewer or evener bins when that pads less."""
+    from mmlu_flavors import engine
     from mmlu_flavors.engine import _Row, _take
 
     rows = [_Row([1] * n, list(range(n)), [0] * n, []) for n in (10, 6, 4, 3, 3, 2)]
-    assert _take(rows, 0, 20) == (3, [[0], [1, 2]])
-    assert _take(rows, 3, 20) == (6, [[3], [4], [5]])  # width 3: each 3 fills a bin
+    assert _take(rows, 0, 20) == (3, [[0, 1, 2]])  # one bin of 20: 10 + 6 + 4
+    assert _take(rows, 3, 20) == (6, [[3, 4, 5]])
     assert _take(rows, 0, 5) == (1, [[0]])  # a row wider than the budget runs alone
+    assert _take(rows, 0, 1000) == (6, [[0, 1, 2, 3, 4, 5]])
+    monkeypatch.setattr(engine, "PACK_WIDTH", 10)
     assert _take(rows, 0, 1000) == (6, [[0], [1, 2], [3, 4, 5]])
+    even = [_Row([1] * n, list(range(n)), [0] * n, []) for n in (4, 4, 4, 4, 3)]
+    monkeypatch.setattr(engine, "PACK_WIDTH", 12)
+    # first-fit: [4, 4, 4], [4, 3] (2 x 12 padded); spread: [4, 4, 3], [4, 4] (2 x 11)
+    assert _take(even, 0, 24) == (5, [[0, 2, 4], [1, 3]])
 
 
 def test_greedy_generation_equals_hf_generate(model_and_requests):
@@ -317,12 +325,12 @@ def test_batches_are_balanced():
     from mmlu_flavors.engine import _batches, _Row, _take
 
     rows = [_Row([1] * 10, list(range(10)), [0] * 10, []) for _ in range(12)]
-    assert [len(b) for _, b in _batches(rows, 0, 100)] == [6, 6]
+    assert [sum(map(len, b)) for _, b in _batches(rows, 0, 100)] == [6, 6]
     assert _take(rows, 0, 100)[0] == 10  # greedy: 10 rows, then 2
     for budget in (10, 35, 64, 120, 1000):
         got = _batches(rows, 0, budget)
         assert got[-1][0] == len(rows)
-        assert all(len(b) * 10 <= max(budget, 10) for _, b in got)
+        assert all(len(b) * max(10 * len(x) for x in b) <= max(budget, 10) for _, b in got)
         greedy, at = 0, 0
         while at < len(rows):
             at, greedy = _take(rows, at, budget)[0], greedy + 1

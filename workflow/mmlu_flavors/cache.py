@@ -298,7 +298,7 @@ def _view_rows(model_name: str, rows: list[dict], tokenized: list, keys: list[st
                ) -> pl.DataFrame:
     return pl.DataFrame([{
         "input_key": k, "model": model_name, "flavor": r["flavor"], "subject": r["subject"],
-        "index": r["index"], "gold": r["gold"], "prompt_sha256": sha256_text(t.prompt),
+        "index": r["index"], "gold": r["gold"], "prompt_sha256": t.prompt_sha256,
         "n_shots": t.n_shots, "context_tokens": len(t.request.context),
         "truncated": t.truncated, "letter_cont_ids": t.request.continuations[:4],
         "text_cont_ids": t.request.continuations[4:],
@@ -330,17 +330,20 @@ def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
                  checkpoint_questions: int = DEFAULT_CHECKPOINT_QUESTIONS,
                  checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
                  progress: bool = True, loader: Any = None, stats: JobStats | None = None,
-                 without_template: str = "stop") -> pl.DataFrame:
+                 without_template: str = "stop",
+                 tokens_path: str | Path | None = None) -> pl.DataFrame:
     """Write the view of a shard (model x flavor x subjects), computing only the questions the
     store does not hold. The entry's backend (`backends`) computes them;
     `loader(entry, model_dir, name)` loads the model (default: the backend's loader,
     `models.load_model` for transformers; tests pass their own). A flavor that needs a chat
     template on a tokenizer without one: `without_template` "stop" raises, "skip" writes an
-    empty view (the flavor is not run for this model; reductions leave it out)."""
+    empty view (the flavor is not run for this model; reductions leave it out). `tokens_path`:
+    the shard's token table (the tokens stage, `tokens.compute_tokens`); without it the job
+    tokenizes itself."""
     from . import backends, models
     from .flavors import get_flavor
     from .tokenize import (chat_required, has_chat_template, letter_ids as get_letter_ids,
-                           rendering, tokenize_row)
+                           rendering, tokenize_rows)
 
     stats = stats if stats is not None else JobStats()
     t0 = time.perf_counter()
@@ -381,7 +384,12 @@ def compute_view(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any],
                        questions_per_subject)
     pkeys = prompt_keys(rows, entry.get("max_length")).to_list()
     prompt_rows = rows.to_dicts()
-    tokenized = [tokenize_row(r, tokenizer, max_length) for r in prompt_rows]
+    if tokens_path is not None:
+        from .tokens import read_tokens
+
+        tokenized: list = read_tokens(tokens_path, rows, pkeys, tokenizer, max_length, flavor)
+    else:
+        tokenized = tokenize_rows(prompt_rows, tokenizer, max_length, get_flavor(flavor))
     keys = [input_key(t.request, letters) for t in tokenized]
     stats.questions = len(keys)
     view_meta = {"identity": {**fp, "model_key": store.key, "flavor": flavor},

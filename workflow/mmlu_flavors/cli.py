@@ -86,7 +86,7 @@ def cmd_logits(a: argparse.Namespace) -> None:
                      checkpoint_questions=a.checkpoint_questions,
                      checkpoint_seconds=a.checkpoint_seconds or None,
                      progress=not a.no_progress, stats=stats,
-                     without_template=a.without_template)
+                     without_template=a.without_template, tokens_path=a.tokens or None)
     except Terminated:
         # the one line a killed try ends with (tests/test_slurm.py reads it): `computed` is
         # exactly what its checkpoints put in the store
@@ -101,6 +101,16 @@ def cmd_logits(a: argparse.Namespace) -> None:
                       json.dumps(metrics, indent=2) + "\n")
     log.info("computed %d, reused %d questions (%s, %s)", stats.computed, stats.reused,
              a.model_name, a.flavor)
+
+
+def cmd_tokens(a: argparse.Namespace) -> None:
+    from .tokens import compute_tokens
+
+    _register_flavors(a)
+    n = None if a.questions_per_subject in (None, 0) else a.questions_per_subject
+    compute_tokens(read_prompts(a.prompts, a.flavor), a.model_name, json.loads(a.entry),
+                   a.model_dir or None, a.flavor, [s for s in a.subjects.split(",") if s], n,
+                   Path(a.out), progress=not a.no_progress)
 
 
 def cmd_cache(a: argparse.Namespace) -> None:
@@ -289,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="flush computed questions to the store every N at most")
     lg.add_argument("--checkpoint-seconds", type=float, default=DEFAULT_CHECKPOINT_SECONDS,
                     help="... and after about this much work (0: by count only)")
+    lg.add_argument("--tokens", help="the shard's token table (the tokens stage); without "
+                    "it the job tokenizes its questions itself")
     lg.add_argument("--metrics", help="metrics JSON (default: beside --out)")
     lg.add_argument("--no-progress", action="store_true")
     lg.add_argument("--without-template", choices=("stop", "skip"), default="stop",
@@ -297,6 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--out", required=True)
     flavor_args(lg)
     lg.set_defaults(fn=cmd_logits)
+
+    tk = sub.add_parser("tokens", help="tokenize one shard (model x flavor x subjects): "
+                        "the token ids its logits job reads")
+    tk.add_argument("--prompts", required=True)
+    tk.add_argument("--flavor", required=True)
+    tk.add_argument("--model-name", required=True)
+    tk.add_argument("--entry", required=True, help="the model entry as JSON")
+    tk.add_argument("--model-dir", help="converted model directory (GGUF entries)")
+    tk.add_argument("--subjects", required=True, help="comma-separated subjects of the shard")
+    tk.add_argument("--questions-per-subject", type=int)
+    tk.add_argument("--no-progress", action="store_true")
+    tk.add_argument("--out", required=True)
+    flavor_args(tk)
+    tk.set_defaults(fn=cmd_tokens)
 
     ca = sub.add_parser("cache", help="list the cache store; prune (quarantine) the stores no "
                         "configured model can have written; purge the quarantine")

@@ -339,6 +339,9 @@ class _Fast:
 
 DEFAULT_MAX_BATCH_TOKENS = {"cpu": 2048, "mps": 4096, "cuda": 16384}
 HEAD_ROWS = 256  # positions per output-head call (bounds the float32 vocabulary log-softmax)
+# width of a packed batch row: wide enough that questions' trees pack with little padding,
+# narrow enough that the (dense) attention over the block-diagonal mask stays cheap
+PACK_WIDTH = 512
 MODES = ("batched", "per_question")
 
 
@@ -491,11 +494,13 @@ def _batches(rows: Sequence[_Row], start: int, budget: int
 
 
 def _take(rows: Sequence[_Row], start: int, budget: int) -> tuple[int, list[list[int]]]:
-    """The batch that starts at `start` (rows sorted longest first): (end, bins). The first
-    row sets the width; each next row goes into the first bin (a batch row) with room,
-    first-fit, or opens a bin while bins x width <= budget (at least one bin). Several
-    short rows share a bin instead of padding; the mask keeps them apart."""
-    width = len(rows[start].tokens)
+    """The batch that starts at `start` (rows sorted longest first): (end, bins). Bins
+    (batch rows) are `PACK_WIDTH` wide (the budget when smaller, the first row when longer);
+    each row goes into the first bin with room, first-fit decreasing, or opens a bin while
+    bins x width <= budget (at least one bin). Many questions' trees share a bin, packed
+    flat; the block-diagonal mask keeps them apart, and the forward is only as wide as the
+    fullest bin."""
+    width = max(len(rows[start].tokens), min(budget, PACK_WIDTH))
     bins: list[list[int]] = []
     room: list[int] = []
     end = start
@@ -511,7 +516,25 @@ def _take(rows: Sequence[_Row], start: int, budget: int) -> tuple[int, list[list
         bins[k].append(end)
         room[k] -= n
         end += 1
-    return end, bins
+    return end, _rebalance(rows, bins, width)
+
+
+def _rebalance(rows: Sequence[_Row], bins: list[list[int]], width: int) -> list[list[int]]:
+    """The same rows in the fewest padded tokens: for each bin count k from the least that
+    can hold them to the first-fit count, longest rows first into the emptiest bin; the
+    k with the smallest k x fullest bin wins (first-fit's own bins when none is better)."""
+    items = sorted((i for b in bins for i in b), key=lambda i: -len(rows[i].tokens))
+    total = sum(len(rows[i].tokens) for i in items)
+    best, cost = bins, len(bins) * max(sum(len(rows[i].tokens) for i in b) for b in bins)
+    for k in range(max(1, -(-total // width)), len(bins) + 1):
+        fill, out = [0] * k, [[] for _ in range(k)]
+        for i in items:
+            j = min(range(k), key=fill.__getitem__)
+            out[j].append(i)
+            fill[j] += len(rows[i].tokens)
+        if max(fill) <= width and k * max(fill) < cost:
+            best, cost = [sorted(b) for b in out], k * max(fill)
+    return best
 
 
 class _Batched:
@@ -651,7 +674,7 @@ class _Batched:
                     try:
                         hidden = self.forward(chunk, len(g.prefix), cache)
                     except (RuntimeError, MemoryError) as e:
-                        self.back_off(e, len(chunk))
+                        self.back_off(e, sum(map(len, chunk)))  # rows, not bins
                         break
                     self.heads(chunk, hidden)
                     if bar is not None:
@@ -751,7 +774,8 @@ def planned_forwards(requests: Sequence[Request], batch_size: int = 8,
                 out.append(len(g.prefix))
             start = 0
             for end, bins in _batches(g.rows, 0, budget):
-                out.append(len(bins) * len(g.rows[start].tokens))
+                out.append(len(bins) * max(sum(len(g.rows[i].tokens) for i in b)
+                                           for b in bins))
                 start = end
         return out
     if mode != "per_question":

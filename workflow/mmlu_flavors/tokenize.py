@@ -25,6 +25,7 @@ template when it has one, their plain flavor (`helm`, `lighteval_mmlu`) exactly 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -36,6 +37,8 @@ from .request import Request  # noqa: F401 (re-exported: tokenize.Request)
 ORIGINAL_MAX_TOKENS = 2048  # hard-coded in hendrycks/test evaluate_hf.py
 NO_LIMIT = 1 << 40
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Tokenized:
@@ -46,6 +49,12 @@ class Tokenized:
     truncated: bool
     prompt: str
     chat: bool = False  # rendered through the tokenizer's chat template
+
+    @property
+    def prompt_sha256(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.prompt.encode("utf-8")).hexdigest()
 
 
 def encode(tokenizer: Any, text: str, special: bool) -> list[int]:
@@ -302,3 +311,303 @@ def _finish(ctx: list[int], cont_ids: list[list[int]], max_length: int, n_shots:
     longest = max(len(c) for c in cont_ids)
     truncated = truncated or len(ctx) + longest > max_length + 1
     return Tokenized(Request(ctx, cont_ids, max_length), n_shots, truncated, prompt)
+
+
+# ------------------------------------------------------------ many rows at once (exact, fast)
+#
+# `tokenize_rows` gives exactly `[tokenize_row(r, ...) for r in rows]` with far fewer
+# encodings. The continuation rules "literal" and "joint" both take, for a text P and a
+# continuation c, enc(P + c)[len(enc(P)):]. Encoding P + c for every continuation repeats
+# the whole prompt 8 times; instead P is encoded once (with offsets) and only its last line
+# is re-encoded with each continuation: with k the character after P's last newline and m
+# the first token of enc(P) that starts at or after k,
+#     enc(P + c) == enc(P)[:m] + enc(P[k:] + c, no special tokens)
+# holds whenever the tokenizer splits nothing across k (a pre-tokenizer boundary, no merge
+# across the newline, no special token appended at the end). Each question is checked
+# where it is cheap (no token of enc(P) straddles k; enc(P[k:]) == enc(P)[m:]) and, on a
+# sample (the first question of every subject and every `verify_every`-th), against the full
+# encodings; a question that fails either check, and every question of a subject whose sample
+# failed, is encoded in full instead. `FastStats` counts both.
+
+VERIFY_EVERY = 64
+
+
+@dataclass
+class FastStats:
+    """What `tokenize_rows` did: questions, splices used, checks and fallbacks."""
+
+    questions: int = 0
+    spliced: int = 0  # questions whose continuations came from the boundary re-encoding
+    full: int = 0  # questions encoded in full (no usable boundary, failed check, fallback)
+    verified: int = 0  # spliced questions also checked against the full encoding
+    verify_failures: int = 0  # ... that differed (their subject then runs in full)
+    slow_rows: int = 0  # rows through tokenize_row (too long, chat, slow tokenizer)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def _batch(tokenizer: Any, texts: list[str], special: bool, offsets: bool = False
+           ) -> tuple[list[list[int]], list[list[tuple[int, int]]] | None]:
+    """`tokenizer(texts)`: the fast tokenizer's parallel batch encoding (Rust threads)."""
+    if not texts:
+        return [], [] if offsets else None
+    enc = tokenizer(texts, add_special_tokens=special, return_offsets_mapping=offsets)
+    ids = [list(x) for x in enc["input_ids"]]
+    return ids, ([list(map(tuple, o)) for o in enc["offset_mapping"]] if offsets else None)
+
+
+def _no_splice(tokenizer: Any) -> bool:
+    """Whether no splice can be exact: special tokens added at the end, or a text encoded
+    alone differs from the same text after a newline (e.g. a prefix "▁" on the first word)."""
+    probe = "Answer: x"
+    with_, without = encode(tokenizer, probe, True), encode(tokenizer, probe, False)
+    if not without or with_[len(with_) - len(without):] != without:
+        return True
+    tail = "What is it?\nAnswer:"
+    whole = encode(tokenizer, "Answer: B\n\n" + tail, False)
+    alone = encode(tokenizer, tail, False)
+    return whole[len(whole) - len(alone):] != alone
+
+
+def _extensions(tokenizer: Any, texts: list[str], heads: list[str], specials: list[bool],
+                conts: list[list[str]], subjects: list[str], verify_every: int,
+                stats: FastStats) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """For each i: enc(texts[i]) and [enc(texts[i] + c)[len(enc(texts[i])):] for c in
+    conts[i]], with special tokens as specials[i]; exact (see the section comment)."""
+    n = len(texts)
+    ctx, offs = _contexts(tokenizer, texts, heads, specials, verify_every, stats)
+    no_splice = _no_splice(tokenizer)
+    split: list[tuple[int, int] | None] = [None] * n  # (char k, token m)
+    for i in range(n):
+        k = texts[i].rfind("\n") + 1
+        if no_splice or k == 0:
+            continue
+        o = offs[i]
+        m = next((t for t, (s, e) in enumerate(o) if s >= k and e > s), len(o))
+        if all(e <= k for s, e in o[:m]):
+            split[i] = (k, m)
+    # the tail of each candidate, alone and with each continuation, in one batch
+    cand = [i for i in range(n) if split[i] is not None]
+    tails = [texts[i][split[i][0]:] for i in cand]
+    flat = [t + c for t, i in zip(tails, cand) for c in conts[i]]
+    tail_ids, _ = _batch(tokenizer, tails + flat, False)
+    alone, with_c = tail_ids[:len(tails)], tail_ids[len(tails):]
+    out: list[list[list[int]] | None] = [None] * n
+    at = 0
+    for t, i in enumerate(cand):
+        k, m = split[i]
+        got = with_c[at:at + len(conts[i])]
+        at += len(conts[i])
+        if alone[t] == ctx[i][m:]:
+            keep = len(ctx[i]) - m
+            out[i] = [g[keep:] for g in got]
+    # the sample: the first question of each subject and every verify_every-th, in full
+    seen: set[str] = set()
+    sample = []
+    for i in range(n):
+        if out[i] is not None and (subjects[i] not in seen or i % max(verify_every, 1) == 0):
+            sample.append(i)
+            seen.add(subjects[i])
+    full = _full(tokenizer, texts, specials, conts, ctx, sample)
+    bad_subjects = set()
+    for i in sample:
+        stats.verified += 1
+        if full[i] != out[i]:
+            stats.verify_failures += 1
+            bad_subjects.add(subjects[i])
+            log.warning("tokenize: the boundary re-encoding differs from the full encoding "
+                        "(subject %s, row %d): its subject is encoded in full", subjects[i], i)
+        out[i] = full[i]
+    rest = [i for i in range(n) if i not in full and (out[i] is None
+                                                       or subjects[i] in bad_subjects)]
+    full.update(_full(tokenizer, texts, specials, conts, ctx, rest))
+    for i in rest:
+        out[i] = full[i]
+    n_full = len(rest) + sum(subjects[i] in bad_subjects for i in sample)
+    stats.full += n_full
+    stats.spliced += n - n_full
+    return ctx, out  # type: ignore[return-value]
+
+
+def _contexts(tokenizer: Any, texts: list[str], heads: list[str], specials: list[bool],
+              verify_every: int, stats: FastStats
+              ) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """enc(texts[i]) with offsets, exactly. A subject's questions share their head (header and
+    shots, heads[i] a prefix of texts[i]): each distinct head is encoded once, and each text
+    as enc(head)[:m] + enc(text[k:], no special tokens), k the start of the head's last
+    non-blank line, m its first token (the same splice as for continuations, checked the
+    same way: no token straddles k; on a sample -- the first text of each head and every
+    `verify_every`-th -- against the full encoding, a head whose sample differs is encoded in
+    full for all its texts)."""
+    n = len(texts)
+    uses: dict[str, int] = {}
+    for h in heads:
+        uses[h] = uses.get(h, 0) + 1
+    heads = [h if uses[h] > 1 else "" for h in heads]  # a head of its own: encode in full
+    ids: list[Any] = [None] * n
+    offs: list[Any] = [None] * n
+    split: dict[tuple[str, bool], tuple[list[int], list[tuple[int, int]], int, int] | None] = {}
+    if _no_splice(tokenizer):
+        heads = [""] * n
+    for flag in (True, False):
+        uniq = sorted({heads[i] for i in range(n) if specials[i] == flag and heads[i]})
+        enc, off = _batch(tokenizer, uniq, flag, offsets=True)
+        for h, e, o in zip(uniq, enc, off):
+            k = h.rstrip().rfind("\n") + 1
+            m = next((t for t, (a, b) in enumerate(o) if a >= k and b > a), len(o))
+            ok = k > 0 and m < len(o) and all(b <= k for a, b in o[:m])
+            split[(h, flag)] = (e, o, k, m) if ok else None
+    spliced = [i for i in range(n) if split.get((heads[i], specials[i])) is not None]
+    tails, tail_off = _batch(tokenizer, [texts[i][split[(heads[i], specials[i])][2]:]
+                                         for i in spliced], False, offsets=True)
+    for i, t, to in zip(spliced, tails, tail_off):
+        e, o, k, m = split[(heads[i], specials[i])]
+        ids[i] = e[:m] + t
+        offs[i] = o[:m] + [(a + k, b + k) for a, b in to]
+    seen: set[tuple[str, bool]] = set()
+    sample = []
+    for j, i in enumerate(spliced):
+        key = (heads[i], specials[i])
+        if key not in seen or j % max(verify_every, 1) == 0:
+            sample.append(i)
+            seen.add(key)
+    bad: set[tuple[str, bool]] = set()
+    for flag in (True, False):
+        idx = [i for i in sample if specials[i] == flag]
+        for i, ref in zip(idx, _batch(tokenizer, [texts[i] for i in idx], flag)[0]):
+            stats.verified += 1
+            if ref != ids[i]:
+                stats.verify_failures += 1
+                bad.add((heads[i], flag))
+                log.warning("tokenize: the shared-head encoding differs from the full "
+                            "encoding (row %d): its %d-character head is encoded in full",
+                            i, len(heads[i]))
+    rest = [i for i in range(n) if ids[i] is None or (heads[i], specials[i]) in bad]
+    for flag in (True, False):
+        idx = [i for i in rest if specials[i] == flag]
+        enc, off = _batch(tokenizer, [texts[i] for i in idx], flag, offsets=True)
+        for i, e, o in zip(idx, enc, off):
+            ids[i], offs[i] = e, o
+    return ids, offs
+
+
+def _full(tokenizer: Any, texts: list[str], specials: list[bool], conts: list[list[str]],
+          ctx: list[list[int]], which: list[int]) -> dict[int, list[list[int]]]:
+    """The reference: enc(texts[i] + c)[len(enc(texts[i])):], batch-encoded."""
+    out: dict[int, list[list[int]]] = {}
+    for flag in (True, False):
+        idx = [i for i in which if specials[i] == flag]
+        ids, _ = _batch(tokenizer, [texts[i] + c for i in idx for c in conts[i]], flag)
+        at = 0
+        for i in idx:
+            out[i] = [x[len(ctx[i]):] for x in ids[at:at + len(conts[i])]]
+            at += len(conts[i])
+    return out
+
+
+def _head(row: dict, n_shots: int, prompt: str) -> str:
+    """The part of a prompt its subject's questions share (header and shots), or ""."""
+    h = row["header"] + "".join(row["shots"][:n_shots])
+    return h if prompt == h + row["test_block"] else ""
+
+
+def tokenize_rows(rows: list[dict], tokenizer: Any, max_length: int,
+                  flavor: Flavor | None = None, *, verify_every: int = VERIFY_EVERY,
+                  stats: FastStats | None = None) -> list[Tokenized]:
+    """Exactly `[tokenize_row(r, tokenizer, max_length, flavor) for r in rows]` (rows of one
+    flavor), with one encoding per prompt and batch encoding. Rows whose prompt the too-long
+    policy changes, chat flavors and slow (non-Rust) tokenizers go through `tokenize_row`."""
+    stats = stats if stats is not None else FastStats()
+    stats.questions += len(rows)
+    if not rows:
+        return []
+    fl = flavor or get_flavor(rows[0]["flavor"])
+    spec = fl.spec
+    if fl.chat != "none" or not getattr(tokenizer, "is_fast", False):
+        stats.slow_rows += len(rows)
+        return [tokenize_row(r, tokenizer, max_length, fl) for r in rows]
+    prompts = [r["prompt"] for r in rows]
+    n_shots = [len(r["shots"]) for r in rows]
+    dropped = [False] * len(rows)
+    out: list[Tokenized | None] = [None] * len(rows)
+    drop = spec["too_long"]["drop_shots"]
+    if drop is not None:  # tokenize_row's loop: drop the last shot while the prompt is too long
+        limit = max_length if drop["max_tokens"] == "model" else int(drop["max_tokens"])
+        count_special, reserve = drop.get("special_tokens", True), drop.get("reserve", 0)
+        lengths, _ = _batch(tokenizer, prompts, count_special)
+        long = [i for i, ids in enumerate(lengths) if len(ids) + reserve > limit]
+        # every shorter prompt of those rows at once; the most shots that fit win
+        cands = [(i, n) for i in long for n in range(n_shots[i] - 1, -1, -1)]
+        texts = [assemble(rows[i]["header"], rows[i]["shots"], rows[i]["test_block"], n)
+                 for i, n in cands]
+        fit = [len(ids) + reserve <= limit
+               for ids in _batch(tokenizer, texts, count_special)[0]]
+        for i in long:
+            best = next(((n, t) for (j, n), t, ok in zip(cands, texts, fit) if j == i and ok),
+                        None)
+            if best is None and spec["too_long"]["then"] == "cut_right":
+                out[i] = tokenize_row(rows[i], tokenizer, max_length, fl)  # HELM cuts text
+                stats.slow_rows += 1
+                continue
+            if best is None and n_shots[i] == 0:
+                continue  # nothing to drop: the prompt stays as it is
+            n, text = best if best is not None else (0, texts[cands.index((i, 0))])
+            prompts[i], n_shots[i], dropped[i] = text, n, True
+    todo = [i for i in range(len(rows)) if out[i] is None]
+    then = spec["too_long"]["then"]
+    feed_limit = {"left_truncate": max_length,
+                  "left_truncate_keep_last": max_length - 1}.get(then, NO_LIMIT)
+    conts = {i: fl.cache_continuations(list(rows[i]["choices"])) for i in todo}
+    special = {i: _special(spec["special_tokens"], tokenizer, prompts[i]) for i in todo}
+    encoding = spec["encoding"]
+    subjects = [rows[i]["subject"] for i in todo]
+    head = {i: _head(rows[i], n_shots[i], prompts[i]) for i in todo}
+    if encoding in ("literal", "joint"):
+        texts, cs = [], []
+        for i in todo:
+            p, c = prompts[i], conts[i]
+            if encoding == "joint":  # trailing context whitespace moves into the continuation
+                ns = len(p) - len(p.rstrip())
+                if ns:
+                    p, c = p[:-ns], [p[-ns:] + x for x in c]
+            texts.append(p)
+            cs.append(c)
+        heads = [head[i] if texts[j].startswith(head[i]) else "" for j, i in enumerate(todo)]
+        ctxs, cids = _extensions(tokenizer, texts, heads, [special[i] for i in todo], cs,
+                                 subjects, verify_every, stats)
+        for j, i in enumerate(todo):
+            ctx = ctxs[j]
+            if encoding == "joint" and not ctx:  # lm-eval scores an empty context after BOS
+                bos = getattr(tokenizer, "bos_token_id", None)
+                ctx = [bos if bos is not None else tokenizer.eos_token_id]
+            out[i] = _finish(ctx, cids[j], feed_limit, n_shots[i], dropped[i], prompts[i])
+    elif encoding in ("separate", "pairwise"):
+        if encoding == "pairwise":
+            ctx_text = {i: prompts[i][:len(prompts[i].rstrip())] for i in todo}
+            cstr = {i: [prompts[i][len(ctx_text[i]):] + c for c in conts[i]] for i in todo}
+        else:
+            ctx_text, cstr = {i: prompts[i] for i in todo}, conts
+        texts = [ctx_text[i] for i in todo]
+        enc, _ = _contexts(tokenizer, texts, [head[i] if t.startswith(head[i]) else ""
+                                              for i, t in zip(todo, texts)],
+                           [special[i] for i in todo], verify_every, stats)
+        ctxs = dict(zip(todo, enc))
+        uniq = sorted({c for i in todo for c in cstr[i]})
+        cmap = dict(zip(uniq, _batch(tokenizer, uniq, False)[0]))
+        for i in todo:
+            ctx = ctxs[i]
+            if encoding == "separate":
+                ctx = ctx or [tokenizer.eos_token_id]
+            elif ctx and ctx[-1] == tokenizer.eos_token_id:
+                ctx = ctx[:-1]
+            out[i] = _finish(ctx, [list(cmap[c]) for c in cstr[i]], feed_limit, n_shots[i],
+                             dropped[i], prompts[i])
+        stats.full += len(todo)
+    else:
+        raise ValueError(f"flavor {fl.name!r}: unknown encoding {encoding!r}")
+    if fl.generate:
+        out = [t if t.request.generate else
+               Tokenized(replace(t.request, generate=fl.generate), t.n_shots, t.truncated,
+                         t.prompt) for t in out]  # type: ignore[union-attr]
+    return out  # type: ignore[return-value]

@@ -8,6 +8,7 @@
 rule logits:
     input:
         prompts="data/prompts/{flavor}.parquet",
+        tokens="data/tokens/{model}/{flavor}/{selection}/{shard}.parquet",
         model=lambda wc: model_dir(wc.model) or [],
     output:
         view="data/cache/{model}/{flavor}/{selection}/{shard}.parquet",
@@ -53,6 +54,7 @@ rule logits:
         "exec env OMP_NUM_THREADS={threads} {PY} logits --prompts {input.prompts:q} "
         "--flavor {wildcards.flavor:q} --model-name {params.name:q} --entry {params.entry:q} "
         "--model-dir={params.model_dir:q} --subjects {params.subjects:q} "
+        "--tokens {input.tokens:q} "
         "--questions-per-subject {params.n} --store {params.store:q} "
         "--batch-size {resources.batch_size} --max-batch-tokens {resources.max_batch_tokens} "
         "--checkpoint-questions {resources.checkpoint_questions} "
