@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow"))
+sys.path.insert(0, str(REPO / "bench"))
+
+import machine as bench_machine  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
@@ -41,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     from mmlu_flavors.tokenize import FastStats, tokenize_row, tokenize_rows
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokenizer", action="append", required=True)
+    p.add_argument("--tokenizer", action="append")
+    p.add_argument("--quick", action="store_true", help="a small tokenizer trained on MMLU "
+                   "(bench/quick.py), 2 subjects x 5 questions: seconds")
     p.add_argument("--flavors", default=DEFAULT_FLAVORS)
     p.add_argument("--subjects", default="all")
     p.add_argument("--questions-per-subject", type=int)
@@ -49,16 +53,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--json")
     a = p.parse_args(argv)
+    if a.quick:
+        a.subjects, a.questions_per_subject = "abstract_algebra,anatomy", 5
+    elif not a.tokenizer:
+        p.error("--tokenizer DIR is required (or --quick)")
 
     subjects = list(SUBJECTS) if a.subjects == "all" else a.subjects.split(",")
     questions = load_questions(resolve_source("local", str(REPO / "resources" / "mmlu"),
                                               "cais/mmlu", None), subjects)
-    out = {"machine": f"{platform.machine()} {_cpu()} x{os.cpu_count()}",
-           "load_before": os.getloadavg(), "results": []}
+    load_start = bench_machine.load_now()
+    out = {"results": []}
     failures = 0
-    for tdir in a.tokenizer:
-        tok = AutoTokenizer.from_pretrained(tdir)
-        name = Path(tdir).name
+    if a.quick:
+        from quick import tiny_tokenizer
+
+        tokenizers = [("tiny-bytelevel", tiny_tokenizer(subjects))]
+    else:
+        tokenizers = [(Path(t).name, AutoTokenizer.from_pretrained(t)) for t in a.tokenizer]
+    for name, tok in tokenizers:
         total_fast = total_ref = 0.0
         for flavor in a.flavors.split(","):
             fl = get_flavor(flavor)
@@ -91,25 +103,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rec), flush=True)
         print(f"{name}: fast {total_fast:.1f} s"
               + ("" if a.no_reference else f", per-question {total_ref:.1f} s"), flush=True)
-    out["load_after"] = os.getloadavg()
-    print("load average before/after:", out["load_before"], out["load_after"])
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
+    doc = bench_machine.write_results(a.json, out["results"], quick=a.quick,
+                                      load_start=load_start)
+    print("load average before/after:", load_start, doc["machine"]["load_average_end"])
     if failures:
         print(f"FAIL: {failures} questions differ", file=sys.stderr)
         return 1
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 if __name__ == "__main__":

@@ -35,11 +35,13 @@ QUICK: dict[str, list[str]] = {
     "compare_helm_prompts.py": ["--quick"],
     "compare_lighteval_prompts.py": ["--quick"],
     "bench_dryrun.py": ["--quick", "--out", "{tmp}/dryrun.json"],
+    "bench_tokenize.py": ["--quick", "--json", "{tmp}/tokenize.json"],
 }
 # what each quick run must write (a JSON file with the machine's description, where it has one)
 WRITES_MACHINE = {"attribution_cost.py": "attribution_cost.json", "bench_engine.py": "engine.json",
                   "bench_explorer.py": "explorer.json", "gpu_check.py": "gpu_check.json",
-                  "bench_vs_lmeval.py": "vs_lmeval.json", "bench_dryrun.py": "dryrun.json"}
+                  "bench_vs_lmeval.py": "vs_lmeval.json", "bench_dryrun.py": "dryrun.json",
+                  "bench_tokenize.py": "tokenize.json"}
 
 EXCLUDED: dict[str, str] = {
     "helm_local.py": "runs in crfm-helm's own venv (bench/setup_helm.sh); the rows it writes are "
@@ -70,6 +72,8 @@ EXCLUDED: dict[str, str] = {
                                "(no golden rows for helm_current are shipped yet)",
     "today_agreement.sh": "drives the crfm-helm and lighteval venvs (the scripts above)",
     "today_golden.py": "its input is what today_agreement.sh records in the peers' venvs",
+    "full_scale.py": "a whole Snakemake run stage by stage (its --quick takes minutes: the "
+                     "workflow's own tests, tests/test_workflow.py, run the same rules)",
     "bench_backends.py": "needs llama-cpp-python, which setup.sh builds only when asked "
                          "(MMLU_FLAVORS_LLAMA_CPP=1); tests/test_backends.py covers the seam",
 }

@@ -125,17 +125,19 @@ def compute_tokens(prompts: pl.DataFrame, model_name: str, entry: dict[str, Any]
     from . import models
     from .cache import select_rows
     from .flavors import get_flavor
-    from .tokenize import has_chat_template
+    from .tokenize import chat_required, has_chat_template
 
     t0 = time.perf_counter()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     tokenizer, max_length = models.load_tokenizer(entry, model_dir, model_name)
-    if get_flavor(flavor).chat != "none" and not has_chat_template(tokenizer):
-        raise ValueError(f"flavor {flavor!r} renders prompts with the tokenizer's chat "
-                         f"template, but model {model_name!r} has none (a base model): leave "
-                         "the flavor out for this model")
     rows = select_rows(prompts.filter(pl.col("flavor") == flavor), subjects,
                        questions_per_subject)
+    if chat_required(get_flavor(flavor)) and not has_chat_template(tokenizer):
+        # nothing to tokenize: the logits job stops or skips (chat_without_template) before
+        # it would read this table
+        log.warning("%s %s: the flavor needs a chat template and the tokenizer has none: "
+                    "no token ids written", model_name, flavor)
+        rows = rows.clear()
     table, stats = tokens_table(rows, tokenizer, max_length, flavor, entry.get("max_length"),
                                 progress)
     seconds = time.perf_counter() - t0
