@@ -326,7 +326,7 @@ def test_real_workflow_via_slurm_equals_local(slurm_cluster, tiny_model_dir, tmp
         else:
             r = real_slurm(wd, PREDICTIONS)
             assert r.returncode == 0, r.stdout[-6000:]
-            assert r.stdout.count("submitted with SLURM jobid") == 4, r.stdout[-6000:]
+            assert len(_submitted(r.stdout)) == 4, r.stdout[-6000:]
             # (the node has no GPU: a job asking for --gpus would be rejected by sbatch, so
             # success also shows that the `device: cpu` entry requests none)
         print(f"real workflow, {kind}: {time.monotonic() - t0:.1f} s")
@@ -392,7 +392,7 @@ def test_scancel_real_logits_job_leaves_no_partial_shard(slurm_cluster, tiny_mod
 
     r = real_slurm(tmp_path, PREDICTIONS)
     assert r.returncode == 0, r.stdout[-6000:]
-    assert r.stdout.count("submitted with SLURM jobid") == 1, r.stdout[-6000:]
+    assert len(_submitted(r.stdout)) == 1, r.stdout[-6000:]
     assert (cache / "part02.parquet").stat().st_mtime_ns == mtime
     m = json.loads((cache / "part00.metrics.json").read_text())
     reused = kept["abstract_algebra"] + kept.get("high_school_european_history", 0)
@@ -409,9 +409,11 @@ import yaml  # noqa: E402
 from mmlu_flavors import resources as R  # noqa: E402
 
 
-def _submitted(out: str) -> list[str]:
-    """SLURM job ids in the order Snakemake submitted them."""
-    return re.findall(r"submitted with SLURM jobid (\d+)", out)
+def _submitted(out: str, rule: str = "logits") -> list[str]:
+    """SLURM job ids of `rule`'s jobs in the order Snakemake submitted them (the executor logs
+    each submission with its log file, .snakemake/slurm_logs/rule_<rule>/...; the tokens
+    stage's CPU jobs are submitted too)."""
+    return re.findall(rf"submitted with SLURM jobid (\d+) \(log: [^)]*/rule_{rule}/", out)
 
 
 def _job(jobid: str) -> dict[str, str]:
