@@ -152,3 +152,119 @@ def test_identity_is_a_cache_hit_with_zero_forwards(questions, registry, tmp_pat
     again, st = view("original", "again", loader=lambda *a: pytest.fail("model loaded"))
     assert (st.computed, st.reused) == (0, 6)
     assert again.equals(first)
+
+
+# ---------------------------------------------------------------- reductions
+
+def _biased_cache(bias: float, n: int = 40, seed: int = 0, flavors=("original", "helm")):
+    """A synthetic cache of one model under the four cyclic rotations: each question's
+    knowledge is a logit per ORIGINAL choice (the gold boosted), plus `bias` on whatever is
+    shown at letter A; every score family and the greedy token follow these logits."""
+    import numpy as np
+
+    from synthetic_cache import cache_row, make_cache
+
+    rng = np.random.default_rng(seed)
+    gold = rng.integers(0, 4, n)
+    know = rng.normal(0, 1, (n, 4))
+    know[np.arange(n), gold] += 1.0
+    rows = []
+    for base in flavors:
+        for k in range(4):
+            name = co.rotated_name(base, k)
+            perm = co.permutation(f"rotate_{k}" if k else "identity")
+            for i in range(n):
+                shown = know[i, perm] + np.array([bias, 0, 0, 0])
+                lp = shown - np.log(np.exp(shown).sum())
+                choices = [f"q{i} choice {perm[j]}" for j in range(4)]
+                rows.append(cache_row(
+                    model="biased", flavor=name, subject=["anatomy", "virology"][i % 2],
+                    index=i, gold=perm.index(int(gold[i])), letter_logprobs=lp.tolist(),
+                    greedy_text=" " + "ABCD"[int(np.argmax(shown))],
+                    letter_cont_sum=lp.tolist(), text_cont_sum=(lp * 2).tolist(),
+                    choices=choices))
+    return make_cache(rows), gold
+
+
+def _register_study(flavors=("original", "helm")) -> None:
+    for name, defn in co.study_flavors(list(flavors), "cyclic").items():
+        F.register(name, defn)
+
+
+def test_study_flavors_are_the_three_rotations(registry) -> None:
+    assert co.study_flavors(["original"], "none") == {}
+    got = co.study_flavors(["original", "helm"], "cyclic")
+    assert list(got) == ["original_rot1", "original_rot2", "original_rot3", "helm_rot1",
+                         "helm_rot2", "helm_rot3"]
+    assert got["helm_rot2"] == {"base": "helm", "choice_order": "rotate_2"}
+    with pytest.raises(ValueError, match="choice_permutations"):
+        co.study_flavors(["original"], "all")
+
+
+def test_question_table_maps_back_to_original_choices(registry) -> None:
+    _register_study()
+    cache, gold = _biased_cache(bias=0.0)
+    q = co.question_table(cache, ["original", "helm"])
+    assert q.height == 2 * 4 * 40  # 2 implementations x 4 rotations x 40 questions
+    assert set(q["implementation"]) == {"original", "helm"}
+    for (impl,), part in q.group_by(["implementation"]):
+        # the original gold, whatever rotation showed it
+        by_q = part.group_by("index").agg(pl.col("gold").unique())
+        assert all(len(g) == 1 for g in by_q["gold"])
+        assert sorted(part.filter(pl.col("rotation") == 2).sort("index")["gold"].to_list()) == \
+            sorted(gold.tolist())
+        # no bias: the model picks the same ORIGINAL choice under every rotation
+        assert part.group_by("index").agg(pl.col("pred").n_unique())["pred"].max() == 1
+
+
+def test_letter_bias_is_found_and_debiased(registry) -> None:
+    _register_study()
+    fair = co.summary(co.question_table(_biased_cache(0.0)[0]), seed=0, n_boot=200)
+    biased = co.summary(co.question_table(_biased_cache(2.5)[0]), seed=0, n_boot=200)
+
+    def val(t, impl, measure):
+        return t.filter((pl.col("implementation") == impl) & (pl.col("measure") == measure)
+                        ).row(0, named=True)
+
+    for impl in ("original", "helm"):
+        assert val(fair, impl, "spread")["value"] == 0.0  # same verdict under every rotation
+        b = val(biased, impl, "pred_share_A")
+        assert b["value"] > 0.6 and b["ci_lo"] > 0.25  # A is preferred, CI excludes 25%
+        assert val(biased, impl, "gold_share_A")["value"] == 0.25  # cyclic: gold uniform
+        assert val(biased, impl, "spread")["value"] > 0.0
+        # the golds sit at every letter in turn, so the bias costs accuracy at each rotation
+        for k in range(4):
+            assert val(biased, impl, f"accuracy_rot{k}")["value"] < \
+                val(fair, impl, f"accuracy_rot{k}")["value"]
+        assert val(biased, impl, "rstd")["value"] > val(fair, impl, "rstd")["value"]
+        acc = [val(biased, impl, f"accuracy_rot{k}")["value"] for k in range(4)]
+        assert val(biased, impl, "all_rotations")["value"] <= min(acc)
+        # averaging over the rotations undoes much of a bias that is the same at every
+        # rotation: all of it here for the letter probabilities (original), part of it for
+        # the one-hot votes of a generative scorer (helm)
+        assert val(biased, impl, "debiased")["value"] > max(acc)
+        assert val(biased, impl, "debiased_minus_rot0")["ci_lo"] > 0.0
+    assert val(biased, "original", "debiased")["value"] == \
+        val(fair, "original", "debiased")["value"]
+    ranks = co.rank_stability(biased)
+    assert set(ranks["n_models"]) == {1} and ranks["kendall_tau"].is_nan().all()
+
+
+def test_write_all_writes_every_output(registry, tmp_path) -> None:
+    from synthetic_cache import write_shards
+
+    _register_study()
+    cache, _ = _biased_cache(1.0)
+    two = pl.concat([cache, cache.with_columns(model=pl.lit("other"),
+                                               greedy_text=pl.lit(" B"))])
+    paths = write_shards(two, tmp_path / "cache")
+    got = co.write_all([str(p) for p in paths], ["original", "helm"], str(tmp_path / "out"),
+                       n_boot=100)
+    table = pl.read_csv(got["csv"])
+    assert set(table["measure"]) == set(co.SUMMARY_MEASURES)
+    assert table.height == 2 * 2 * len(co.SUMMARY_MEASURES)
+    ranks = pl.read_csv(got["ranks"])
+    assert set(ranks["n_models"]) == {2}
+    per_q = pl.read_parquet(got["questions"])
+    assert sorted(per_q["rotation"].unique()) == [-1, 0, 1, 2, 3]
+    assert Path(got["png"]).stat().st_size > 10_000

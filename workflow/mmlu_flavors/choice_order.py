@@ -212,8 +212,8 @@ def debiased(questions):
     q = complete(questions)
     g = (q.group_by("model", "implementation", "scorer", "subject", "index", maintain_order=True)
          .agg(pl.col("probs"), pl.col("gold").first()))
-    probs = np.array([np.mean(np.array(p, dtype=np.float64), axis=0) for p in g["probs"]]
-                     ).reshape(-1, 4)
+    probs = np.array([np.mean(np.array(p.to_list(), dtype=np.float64), axis=0)
+                      for p in g["probs"]]).reshape(-1, 4)
     none = ~(np.nan_to_num(probs).sum(axis=1) > 0)
     pred = np.argmax(np.nan_to_num(probs, nan=-1.0), axis=1).astype(float)
     pred[none] = np.nan
@@ -337,3 +337,114 @@ def _recall_std(questions, boot):
                 bs.append((W @ num) / (W @ den))
         out[(m, i)] = (float(np.std(pts)), np.nanstd(np.stack(bs, axis=1), axis=1))
     return out
+
+
+def rank_stability(table):
+    """Kendall tau-b between the models' rankings under two orders, per implementation: every
+    pair of rotations and each rotation against the debiased estimate (NaN with fewer than
+    two models or all tied). Columns: implementation, a, b, n_models, kendall_tau."""
+    import numpy as np
+    import polars as pl
+
+    from . import stats as st
+
+    out = []
+    names = [f"accuracy_rot{k}" for k in range(4)] + ["debiased"]
+    for (impl,), part in table.group_by(["implementation"], maintain_order=True):
+        wide = (part.filter(pl.col("measure").is_in(names))
+                .pivot(on="measure", index="model", values="value").sort("model"))
+        for x in range(len(names)):
+            for y in range(x + 1, len(names)):
+                a, b = names[x], names[y]
+                if a not in wide.columns or b not in wide.columns:
+                    continue
+                tau = st.kendall_tau_b(wide[a].to_numpy(), wide[b].to_numpy()) \
+                    if wide.height >= 2 else np.nan
+                out.append((impl, a, b, wide.height, float(tau)))
+    return pl.DataFrame(out, orient="row", schema={
+        "implementation": pl.String, "a": pl.String, "b": pl.String, "n_models": pl.Int64,
+        "kendall_tau": pl.Float64})
+
+
+def plot(table, path) -> None:
+    """One figure: per model x implementation, accuracy under each rotation (dots, CIs) and
+    the debiased estimate (a star); beside it the share of each predicted letter against the
+    gold share (selection bias)."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import polars as pl
+
+    from .io import atomic_write_bytes
+
+    cells = table.select("model", "implementation").unique(maintain_order=True).rows()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 0.45 * max(4, len(cells)) + 1.5))
+    get = {(m, i, s): (v, lo, hi) for m, i, s, v, lo, hi in table.iter_rows()}
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
+    for y, (m, i) in enumerate(cells):
+        for k in range(4):
+            v, lo, hi = get[(m, i, f"accuracy_rot{k}")]
+            ax.errorbar(v, y + (k - 1.5) * 0.12, xerr=[[v - lo], [hi - v]], fmt="o",
+                        color=colors[k], ms=4, lw=1, label=f"rotation {k}" if y == 0 else None)
+        v, lo, hi = get[(m, i, "debiased")]
+        ax.plot(v, y, "k*", ms=10, label="debiased (mean over rotations)" if y == 0 else None)
+        left = 0.0
+        for j, L in enumerate("ABCD"):
+            share = get[(m, i, f"pred_share_{L}")][0]
+            bx.barh(y, share, left=left, color=colors[j], label=f"predicted {L}" if y == 0 else None)
+            left += share
+        bx.plot([0.25, 0.5, 0.75], [y] * 3, "|", color="k", ms=12)
+    labels = [f"{m}\n{i}" for m, i in cells]
+    for a in (ax, bx):
+        a.set_yticks(range(len(cells)), labels, fontsize=7)
+        a.invert_yaxis()
+    ax.set_xlabel("accuracy (95% paired bootstrap CI)")
+    ax.set_title("accuracy under each cyclic rotation of the choices")
+    bx.set_xlabel("share of predicted letters over the 4 rotations (ticks: gold, 25% each)")
+    bx.set_title("selection bias")
+    bx.set_xlim(0, 1)
+    ax.legend(fontsize=7, loc="lower right")
+    bx.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    import io as _io
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def write_all(shard_paths: Sequence[str], flavors: Sequence[str], out_dir: str,
+              seed: int = 0, n_boot: int = 1000) -> dict[str, str]:
+    """Cache shards of the selected flavors and their rotations -> reports/choice_order.csv
+    (summary), choice_order_ranks.csv (Kendall tau), choice_order_questions.parquet (every
+    question's verdict under each rotation and the debiased one: rotation -1) and
+    choice_order.png."""
+    from pathlib import Path
+
+    import polars as pl
+
+    from .cache import read_shards
+    from .io import atomic_write_parquet, atomic_write_text
+
+    out = Path(out_dir)
+    questions = question_table(read_shards(list(shard_paths)), list(flavors))
+    if questions.height == 0:
+        raise ValueError("choice order: no cyclic rotation of the selected flavors in the "
+                         "given cache shards")
+    table = summary(questions, seed, n_boot)
+    ranks = rank_stability(table)
+    dq = debiased(questions).with_columns(rotation=pl.lit(-1, pl.Int8),
+                                          pred_shown=pl.col("pred"), gold_shown=pl.col("gold"))
+    per_q = pl.concat([questions, dq.select(questions.columns)]).sort(
+        "model", "implementation", "subject", "index", "rotation")
+    paths = {"csv": out / "choice_order.csv", "ranks": out / "choice_order_ranks.csv",
+             "questions": out / "choice_order_questions.parquet", "png": out / "choice_order.png"}
+    atomic_write_text(paths["csv"], table.write_csv())
+    atomic_write_text(paths["ranks"], ranks.write_csv())
+    atomic_write_parquet(per_q, paths["questions"])
+    plot(table, paths["png"])
+    return {k: str(v) for k, v in paths.items()}
