@@ -268,3 +268,28 @@ def test_write_all_writes_every_output(registry, tmp_path) -> None:
     per_q = pl.read_parquet(got["questions"])
     assert sorted(per_q["rotation"].unique()) == [-1, 0, 1, 2, 3]
     assert Path(got["png"]).stat().st_size > 10_000
+
+
+def test_explorer_shows_each_rotation(registry, tmp_path) -> None:
+    """The explorer's subject data: each question's verdict and predicted original letter
+    under rotations 0..3 and the debiased estimate, equal to the per-question table."""
+    from mmlu_flavors.explorer import rotation_data
+    from synthetic_cache import write_shards
+
+    _register_study()
+    cache, _ = _biased_cache(2.5)
+    got = co.write_all([str(p) for p in write_shards(cache, tmp_path / "c")],
+                       ["original", "helm"], str(tmp_path / "out"), n_boot=50)
+    per_q = pl.read_parquet(got["questions"]).filter(pl.col("subject") == "anatomy")
+    idx = sorted(set(per_q["index"].to_list()))
+    data = rotation_data(per_q, {i: k for k, i in enumerate(idx)})
+    cell = data["biased"]["original"]
+    assert len(cell["v"]) == len(idx) and all(len(v) == 5 for v in cell["v"])
+    for r in per_q.filter(pl.col("implementation") == "original").iter_rows(named=True):
+        k, col = idx.index(r["index"]), (4 if r["rotation"] < 0 else r["rotation"])
+        assert cell["v"][k][col] == ("1" if r["correct"] else "0")
+        assert cell["p"][k][col] == ("-" if r["pred"] is None else "ABCD"[r["pred"]])
+    # the bias shows: some question is right under one rotation and wrong under another
+    assert any(set(v[:4]) == {"0", "1"} for v in cell["v"])
+    page = (Path(F.__file__).parent / "explorer_page.html").read_text()
+    assert "d.rotations" in page
