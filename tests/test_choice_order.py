@@ -293,3 +293,44 @@ def test_explorer_shows_each_rotation(registry, tmp_path) -> None:
     assert any(set(v[:4]) == {"0", "1"} for v in cell["v"])
     page = (Path(F.__file__).parent / "explorer_page.html").read_text()
     assert "d.rotations" in page
+
+
+# ---------------------------------------------------------------- workflow
+
+def test_workflow_plans_rotations_only_when_asked(tmp_path) -> None:
+    from workflow_fixture import snakemake, write_config
+
+    write_config(tmp_path, tmp_path / "m", ["anatomy"], 2, flavors=["original", "helm"])
+    out = snakemake(tmp_path, "-n", "--cores", "1").stdout
+    assert "_rot1" not in out and "choice_order" not in out  # the default: nothing new
+    write_config(tmp_path, tmp_path / "m", ["anatomy"], 2, flavors=["original", "helm"],
+                 choice_permutations="cyclic")
+    out = snakemake(tmp_path, "-n", "--cores", "1").stdout
+    for f in ("original", "helm"):
+        for k in (1, 2, 3):
+            assert f"data/cache/tiny-llama/{f}_rot{k}/first2/part00.parquet" in out
+    assert "reports/choice_order.csv" in out and "reports/choice_order.png" in out
+    write_config(tmp_path, tmp_path / "m", ["anatomy"], 2, choice_permutations="all")
+    res = snakemake(tmp_path, "-n", "--cores", "1", check=False)
+    assert res.returncode != 0 and "choice_permutations" in res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_workflow_runs_the_cyclic_study(questions, tmp_path) -> None:
+    """A tiny model, one subject: the four rotations run, the study's outputs and the
+    explorer's rotation table come out."""
+    import re
+
+    from workflow_fixture import make_tiny_model, snakemake, write_config
+
+    model = make_tiny_model(questions, tmp_path / "tiny")
+    write_config(tmp_path, model, ["anatomy"], 3, flavors=["original"],
+                 choice_permutations="cyclic", attribution_pairs=[])
+    snakemake(tmp_path, "--cores", "2", "reports/choice_order.csv", "reports/explorer.html")
+    table = pl.read_csv(tmp_path / "reports" / "choice_order.csv")
+    assert set(table["implementation"]) == {"original"}
+    assert set(table["measure"]) == set(co.SUMMARY_MEASURES)
+    per_q = pl.read_parquet(tmp_path / "reports" / "choice_order_questions.parquet")
+    assert per_q.height == 3 * 5  # 3 questions x (4 rotations + debiased)
+    js = (tmp_path / "reports" / "explorer" / "anatomy.js").read_text()
+    assert re.search(r'"rotations":\{"tiny-llama":\{"original":\{"v":\[', js)
