@@ -22,10 +22,12 @@ include: "workflow/rules/tokens.smk"
 include: "workflow/rules/cache.smk"
 include: "workflow/rules/scores.smk"
 include: "workflow/rules/cost.smk"
+include: "workflow/rules/choice_order.smk"
 
 
 rule all:
     input:
         REPORT_OUTPUTS,
         "reports/cost.csv",
+        CHOICE_OUTPUTS,
     default_target: True

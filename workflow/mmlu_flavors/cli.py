@@ -241,12 +241,22 @@ def cmd_attribution(a: argparse.Namespace) -> None:
                       [f for f in a.order.split(",") if f], a.seed, a.samples)
 
 
+def cmd_choice_order(a: argparse.Namespace) -> None:
+    from .choice_order import write_all
+
+    _register_flavors(a)
+    paths = write_all(a.shards, [f for f in a.flavors.split(",") if f], a.out_dir,
+                      seed=a.seed, n_boot=a.samples)
+    log.info("choice order: %s", paths)
+
+
 def cmd_explorer(a: argparse.Namespace) -> None:
     from .explorer import build_explorer
 
     _register_flavors(a)
     info = build_explorer(a.predictions, a.prompts, a.cache, a.questions, Path(a.out),
-                          Path(a.data_dir), inline_limit=a.inline_limit)
+                          Path(a.data_dir), inline_limit=a.inline_limit,
+                          choice_order=a.choice_order)
     log.info("explorer: %s", info)
 
 
@@ -383,6 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--samples", type=int, default=1000)
     at.set_defaults(fn=cmd_attribution)
 
+    co = sub.add_parser("choice-order", help="how the score moves under cyclic rotations of "
+                        "the choices (choice_permutations: cyclic)")
+    co.add_argument("--flavors", required=True, help="comma-separated selected flavors")
+    co.add_argument("--out-dir", required=True)
+    co.add_argument("--flavor-defs", default="{}", help="JSON: custom and rotated flavors")
+    co.add_argument("--seed", type=int, default=0)
+    co.add_argument("--samples", type=int, default=1000)
+    co.add_argument("shards", nargs="+", help="cache views of the flavors and their rotations")
+    co.set_defaults(fn=cmd_choice_order)
+
     ex = sub.add_parser("explorer", help="static question explorer page (HTML + per-subject data)")
     ex.add_argument("--predictions", required=True)
     ex.add_argument("--questions", required=True, help="questions.parquet")
@@ -393,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--flavor-defs", default="{}", help="JSON: custom flavor definitions")
     ex.add_argument("--inline-limit", type=int, default=4_000_000,
                     help="also inline all data into the page when it totals at most this many bytes")
+    ex.add_argument("--choice-order", help="reports/choice_order_questions.parquet: each "
+                    "question's verdict under each cyclic rotation of the choices")
     ex.set_defaults(fn=cmd_explorer)
     return p
 

@@ -172,8 +172,11 @@ def build_index(pred: pl.DataFrame) -> dict[str, Any]:
 
 def subject_data(subject: str, idx: list[int], questions: pl.DataFrame, prompts: pl.DataFrame,
                  cache: pl.DataFrame, pred: pl.DataFrame, flavors: Sequence[str],
-                 models: Sequence[str], cells: Sequence[str]) -> dict[str, Any]:
-    """Everything the page shows for one subject, column-oriented in `idx` order."""
+                 models: Sequence[str], cells: Sequence[str],
+                 rotations: pl.DataFrame | None = None) -> dict[str, Any]:
+    """Everything the page shows for one subject, column-oriented in `idx` order (with
+    `rotations`, choice_order.py's per-question table: each verdict under each cyclic
+    rotation of the choices)."""
     pos = {i: k for k, i in enumerate(idx)}
     n = len(idx)
     q = {r["index"]: r for r in questions.iter_rows(named=True)}
@@ -245,14 +248,37 @@ def subject_data(subject: str, idx: list[int], questions: pl.DataFrame, prompts:
                     chars[pos[i]] = "-" if p is None else str(int(p))
             entry["pred"][cell] = "".join(chars)
         out["models"][m] = entry
+    if rotations is not None and rotations.height:
+        out["rotations"] = rotation_data(rotations, pos)
+    return out
+
+
+def rotation_data(rotations: pl.DataFrame, pos: dict[int, int]) -> dict[str, Any]:
+    """choice_order_questions rows of one subject -> {model: {implementation: {"v": [...],
+    "p": [...]}}}: per question 5 characters, rotations 0..3 then the debiased estimate; `v`
+    the verdict ('1', '0', '-'), `p` the predicted ORIGINAL letter ('-': none)."""
+    n = len(pos)
+    out: dict[str, Any] = {}
+    for (m, impl), part in rotations.group_by(["model", "implementation"], maintain_order=True):
+        v = [["-"] * 5 for _ in range(n)]
+        p = [["-"] * 5 for _ in range(n)]
+        for i, r, pred, ok in part.select("index", "rotation", "pred", "correct").iter_rows():
+            k = pos.get(i)
+            if k is None:
+                continue
+            col = 4 if r < 0 else int(r)
+            v[k][col] = "-" if ok is None else ("1" if ok else "0")
+            p[k][col] = "-" if pred is None else LETTERS[int(pred)]
+        out.setdefault(m, {})[impl] = {"v": ["".join(x) for x in v], "p": ["".join(x) for x in p]}
     return out
 
 
 def build_explorer(predictions: Path | str, prompts: Sequence[Path | str],
                    cache: Sequence[Path | str], questions: Path | str, out_html: Path | str,
-                   data_dir: Path | str, inline_limit: int = DEFAULT_INLINE_LIMIT
-                   ) -> dict[str, Any]:
-    """Write the page and one data script per subject; returns sizes and counts."""
+                   data_dir: Path | str, inline_limit: int = DEFAULT_INLINE_LIMIT,
+                   choice_order: Path | str | None = None) -> dict[str, Any]:
+    """Write the page and one data script per subject; returns sizes and counts.
+    `choice_order`: reports/choice_order_questions.parquet (choice_permutations: cyclic)."""
     out_html, data_dir = Path(out_html), Path(data_dir)
     pred = pl.read_parquet(predictions)
     if pred.height == 0:
@@ -268,6 +294,8 @@ def build_explorer(predictions: Path | str, prompts: Sequence[Path | str],
     ca_by = ca.partition_by("subject", as_dict=True)
     qs_by = qs.partition_by("subject", as_dict=True)
     pred_by = pred.partition_by("subject", as_dict=True)
+    rot_by = (pl.read_parquet(choice_order).partition_by("subject", as_dict=True)
+              if choice_order else {})
     data_dir.mkdir(parents=True, exist_ok=True)
     rel = Path(os.path.relpath(data_dir, out_html.parent)).as_posix()
     scripts: list[str] = []
@@ -277,7 +305,7 @@ def build_explorer(predictions: Path | str, prompts: Sequence[Path | str],
         empty_p, empty_c = pr.clear(), ca.clear()
         d = subject_data(s, subj["index"], qs_by.get((s,), qs.clear()), pr_by.get((s,), empty_p),
                          ca_by.get((s,), empty_c), pred_by[(s,)], index["flavors"],
-                         index["models"], index["cells"])
+                         index["models"], index["cells"], rot_by.get((s,)))
         script = f"MMLU_EXPLORER_LOAD({js_literal(s)},{js_literal(d)});\n"
         atomic_write_text(data_dir / f"{s}.js", script)
         subj["file"] = f"{rel}/{s}.js"

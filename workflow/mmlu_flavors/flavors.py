@@ -356,14 +356,40 @@ class Flavor:
         """The eight strings a cache row scores: the letter family, then the text family."""
         return self._conts("letters", choices) + self._conts("texts", choices)
 
+    # -- choice order (issue 20; choice_order.py)
+    @property
+    def choice_order(self) -> str:
+        """identity (default), rotate_k, reverse or shuffle_<seed>."""
+        return self.spec.get("choice_order", "identity")
+
+    def choice_perm(self, subject: str, index: int) -> list[int]:
+        """Shown position -> original choice index, for one question of this flavor."""
+        from .choice_order import permutation
+
+        return permutation(self.choice_order, subject, index)
+
+    def shown(self, subject: str, q: Q) -> Q:
+        """The question with its choices in this flavor's order (the gold follows its text)."""
+        if self.choice_order == "identity":
+            return q
+        from .choice_order import apply
+
+        choices, gold = apply(self.choice_perm(subject, q.index), q.choices, q.answer)
+        return Q(q.question, tuple(choices), gold, q.index)  # type: ignore[arg-type]
+
     def render(self, subject: str, test: Sequence[Q], pool: Sequence[Q], k: int) -> list[dict]:
-        """Prompt parts for every test question of one subject, in test order."""
+        """Prompt parts for every test question of one subject, in test order (each test
+        question's choices in `choice_order`; shots too when `choice_order_shots`)."""
         header = self.header(subject)
+        select = self.select(test, pool, k)  # shots are drawn on the rows as written
+        if self.spec.get("choice_order_shots", False):
+            pool = [self.shown(subject + ":shot", p) for p in pool]
+        test = [self.shown(subject, q) for q in test]
         answered = [self.answered(p) for p in pool]
         queries = [self.example(p) for p in pool]
         answers = [self.answer(p) for p in pool]
         rows = []
-        for q, shot_rows in zip(test, self.select(test, pool, k)):
+        for q, shot_rows in zip(test, select):
             shots = [answered[i] for i in shot_rows]
             block = self.example(q)
             rows.append({
@@ -374,6 +400,9 @@ class Flavor:
                 "shot_answers": [answers[i] for i in shot_rows],
                 "continuations": self.continuations(q),
             })
+            if self.choice_order != "identity":
+                rows[-1].update(gold=q.answer, choices=list(q.choices),
+                                choice_perm=self.choice_perm(subject, q.index))
         return rows
 
 
@@ -584,5 +613,10 @@ def with_factors(a: str | Mapping[str, Any], b: str | Mapping[str, Any],
 def prompt_spec(defn: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a definition that determines prompts and token ids (not the scoring):
     two flavors with equal prompt specs share one cache."""
-    return {k: v for k, v in defn.items()
-            if k not in ("scorers", "display", "description", "reference", "derived_from")}
+    out = {k: v for k, v in defn.items()
+           if k not in ("scorers", "display", "description", "reference", "derived_from")}
+    if out.get("choice_order") == "identity":  # the default, written or not
+        del out["choice_order"]
+    if not out.get("choice_order_shots", True):
+        del out["choice_order_shots"]
+    return out

@@ -49,11 +49,15 @@ def build_prompts(questions: pl.DataFrame, flavor: str, num_fewshot: int = 5,
         if questions_per_subject is not None:
             rendered, test = rendered[:questions_per_subject], test[:questions_per_subject]
         for r, q in zip(rendered, test):
-            r.update(flavor=flavor, shot_split=fl.shot_split, gold=q.answer,
-                     choices=list(q.choices), num_fewshot=num_fewshot,
+            # a reordered flavor's row carries its shown choices, gold and choice_perm
+            r.setdefault("gold", q.answer)
+            r.setdefault("choices", list(q.choices))
+            r.update(flavor=flavor, shot_split=fl.shot_split, num_fewshot=num_fewshot,
                      prompt_sha256=sha256_text(r["prompt"]))
             rows.append(r)
-    return pl.DataFrame(rows, schema=PROMPT_SCHEMA)
+    if fl.choice_order == "identity":
+        return pl.DataFrame(rows, schema=PROMPT_SCHEMA)  # the table as before issue 20
+    return pl.DataFrame(rows, schema={**PROMPT_SCHEMA, "choice_perm": pl.List(pl.Int8)})
 
 
 def assemble(header: str, shots: list[str], test_block: str, n_shots: int) -> str:

@@ -48,8 +48,18 @@ except ValueError as _e:
 if workflow.is_main_process:
     for _line in _skipped:
         print(_line, file=sys.stderr)
-_CUSTOM = list(_CUSTOM) + list(VARIANTS)
-ALL_FLAVORS = FLAVORS + list(VARIANTS)
+# choice order (issue 20): choice_permutations: cyclic runs each selected flavor under the
+# three other cyclic rotations of its choices (rotation 0 is the flavor's own run)
+from mmlu_flavors import choice_order as _choice_order
+
+try:
+    ROTATED = _choice_order.study_flavors(FLAVORS, config.get("choice_permutations", "none"))
+    for _name, _defn in ROTATED.items():
+        _flavors.register(_name, _defn)
+except ValueError as _e:
+    _fail(f"choice_permutations: {_e}")
+_CUSTOM = list(_CUSTOM) + list(VARIANTS) + list(ROTATED)
+ALL_FLAVORS = FLAVORS + list(VARIANTS) + list(ROTATED)
 
 
 def flavor_defs(names=None):

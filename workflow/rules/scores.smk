@@ -87,6 +87,7 @@ rule explorer:
         questions="data/questions.parquet",
         prompts=expand("data/prompts/{f}.parquet", f=FLAVORS),
         cache=cache_shards(),
+        choice_order=["reports/choice_order_questions.parquet"] if ROTATED else [],
     output:
         html=report("reports/explorer.html", caption="../report/explorer.rst", category="Explorer"),
         data=directory("reports/explorer"),
@@ -102,7 +103,8 @@ rule explorer:
     shell:
         "{PY} explorer --predictions {input.predictions:q} --questions {input.questions:q} "
         "--prompts {input.prompts:q} --cache {input.cache:q} --out {output.html:q} "
-        "--data-dir {output.data:q} --flavor-defs {params.flavor_defs:q} 2> {log:q}"
+        "--data-dir {output.data:q} --flavor-defs {params.flavor_defs:q} "
+        + ("--choice-order {input.choice_order:q} " if ROTATED else "") + "2> {log:q}"
 
 
 if VARIANTS:
