@@ -190,7 +190,7 @@ def write_views(work: Path, cfg: dict) -> int:
                     pl.lit(name).alias("model"), "flavor", "subject", "index", "gold",
                     "prompt_sha256", pl.col("shots").list.len().cast(pl.Int64).alias("n_shots"),
                     (pl.col("prompt").str.len_chars() // 4).cast(pl.Int64).alias("context_tokens"),
-                    pl.lit(False).alias("truncated"),
+                    pl.lit(False).alias("truncated"), pl.lit(False).alias("chat"),
                     pl.col("choices").list.eval(pl.element().str.len_chars()).alias("choice_chars"),
                     "choices")
                     .with_columns(pl.Series("letter_cont_ids", [[[330], [365], [356], [422]]] * n),

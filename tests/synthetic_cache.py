@@ -74,6 +74,7 @@ def cache_row(
         "choice_chars": list(choice_chars) if choice_chars is not None else [len(c) for c in choices],
         "choices": list(choices),
         "gen_ids": [] if gen_text is None else [7, 8, 9, 10, 11], "gen_text": gen_text,
+        "chat": False,
     }
     unknown = set(overrides) - set(CACHE_SCHEMA)
     if unknown:
@@ -204,6 +205,6 @@ def cache_for_prompts(prompts: pl.DataFrame, models: Mapping[str, float],
             "text_cont_ids": single, "text_cont_logprobs": text[:, :, None].tolist(),
             "text_cont_greedy": [[[False]] * 4] * n, "text_cont_sum": text.tolist(),
             "choice_chars": chars.tolist(), "choices": prompts.get_column("choices"),
-            "gen_ids": [[]] * n, "gen_text": [None] * n,
+            "gen_ids": [[]] * n, "gen_text": [None] * n, "chat": [False] * n,
         }, schema=CACHE_SCHEMA))
     return pl.concat(frames)
