@@ -32,7 +32,7 @@ TOKENS_FORMAT = 1
 TOKENS_SCHEMA = {
     "subject": pl.String, "index": pl.Int64, "prompt_key": pl.String,
     "prompt_sha256": pl.String, "n_shots": pl.Int64, "truncated": pl.Boolean,
-    "context": pl.List(pl.Int32), "continuations": pl.List(pl.List(pl.Int32)),
+    "chat": pl.Boolean, "context": pl.List(pl.Int32), "continuations": pl.List(pl.List(pl.Int32)),
     "max_length": pl.Int64, "generate": pl.Int64,
 }
 
@@ -49,6 +49,7 @@ class TokenRow:
     n_shots: int
     truncated: bool
     prompt_sha256: str
+    chat: bool = False  # rendered through the tokenizer's chat template
 
 
 def tokenizer_identity(tokenizer: Any, max_length: int) -> str:
@@ -107,6 +108,7 @@ def tokens_table(rows: pl.DataFrame, tokenizer: Any, max_length: int, flavor: st
             "prompt_key": pkeys[at:at + len(part)],
             "prompt_sha256": [t.prompt_sha256 for t in toks],
             "n_shots": [t.n_shots for t in toks], "truncated": [t.truncated for t in toks],
+            "chat": [t.chat for t in toks],
             "context": [t.request.context for t in toks],
             "continuations": [t.request.continuations for t in toks],
             "max_length": [t.request.max_length for t in toks],
@@ -180,5 +182,6 @@ def read_tokens(path: str | Path, rows: pl.DataFrame, prompt_keys: list[str], to
                           "and rerun")
     return [TokenRow(Request(list(r["context"]), [list(c) for c in r["continuations"]],
                              int(r["max_length"]), int(r["generate"])),
-                     int(r["n_shots"]), bool(r["truncated"]), r["prompt_sha256"])
+                     int(r["n_shots"]), bool(r["truncated"]), r["prompt_sha256"],
+                     bool(r["chat"]))
             for r in table.iter_rows(named=True)]
