@@ -35,36 +35,16 @@ for p in (ROOT, ROOT / "workflow"):
         sys.path.insert(0, str(p))
 
 import polars as pl  # noqa: E402
+from compare_lighteval import load_ref, our_rows  # noqa: E402
 
 FLAVOR = "helm_current"
 TIE = 1e-4
 
 
-def load_ref(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def ours(loaded: Any, mmlu_dir: str | Path, num_fewshot: int, keys: list[tuple[str, int]],
          flavor: str = FLAVOR) -> tuple[pl.DataFrame, list, list[dict]]:
     """Our cache rows, tokenized requests and prompt rows for the (subject, index) questions."""
-    from mmlu_flavors.cache import rows_from_results
-    from mmlu_flavors.data import read_local
-    from mmlu_flavors.engine import run_fast
-    from mmlu_flavors.prompts import build_prompts
-    from mmlu_flavors.tokenize import letter_ids, tokenize_row
-
-    subjects = sorted({s for s, _ in keys})
-    prompts = build_prompts(read_local(mmlu_dir, subjects), flavor, num_fewshot, subjects)
-    want = pl.DataFrame({"subject": [s for s, _ in keys], "index": [i for _, i in keys]},
-                        schema={"subject": pl.String, "index": pl.Int64})
-    rows = prompts.join(want, on=["subject", "index"], how="semi").sort("subject", "index")
-    prompt_rows = rows.to_dicts()
-    tok = [tokenize_row(r, loaded.tokenizer, loaded.max_length) for r in prompt_rows]
-    letters = letter_ids(loaded.tokenizer)
-    res = run_fast(loaded.model, [t.request for t in tok], letters, progress=True)
-    cache = rows_from_results("m", prompt_rows, tok, res, letters, loaded.tokenizer)
-    return cache, tok, prompt_rows
+    return our_rows(loaded, mmlu_dir, flavor, num_fewshot, keys)
 
 
 def compare(ref: list[dict], cache: pl.DataFrame, tok: list, prompt_rows: list[dict],

@@ -43,9 +43,10 @@ def load_ref(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def ours(loaded: Any, mmlu_dir: str | Path, flavor: str, num_fewshot: int,
-         keys: list[tuple[str, int]]) -> tuple[pl.DataFrame, list]:
-    """Our cache rows (and tokenized requests) for the given (subject, index) questions."""
+def our_rows(loaded: Any, mmlu_dir: str | Path, flavor: str, num_fewshot: int,
+             keys: list[tuple[str, int]]) -> tuple[pl.DataFrame, list, list[dict]]:
+    """Our cache rows, tokenized requests and prompt rows for the (subject, index) questions
+    (also bench/compare_helm_current.py's)."""
     from mmlu_flavors.cache import rows_from_results
     from mmlu_flavors.data import read_local
     from mmlu_flavors.engine import run_fast
@@ -62,6 +63,13 @@ def ours(loaded: Any, mmlu_dir: str | Path, flavor: str, num_fewshot: int,
     letters = letter_ids(loaded.tokenizer)
     res = run_fast(loaded.model, [t.request for t in tok], letters, progress=True)
     cache = rows_from_results("m", prompt_rows, tok, res, letters, loaded.tokenizer)
+    return cache, tok, prompt_rows
+
+
+def ours(loaded: Any, mmlu_dir: str | Path, flavor: str, num_fewshot: int,
+         keys: list[tuple[str, int]]) -> tuple[pl.DataFrame, list]:
+    """Our cache rows (and tokenized requests) for the given (subject, index) questions."""
+    cache, tok, _ = our_rows(loaded, mmlu_dir, flavor, num_fewshot, keys)
     # the text the model saw: the prompt row's, or its chat rendering (lighteval_current)
     return cache.with_columns(pl.Series("prompt", [t.prompt for t in tok])), tok
 
