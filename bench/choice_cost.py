@@ -21,7 +21,6 @@ Both are printed per flavor and model, relative to the identity run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,7 +29,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import machine as bench_machine  # noqa: E402
 import polars as pl  # noqa: E402
 
 from mmlu_flavors import choice_order as co  # noqa: E402
@@ -124,9 +125,9 @@ def main() -> None:
           f"run ({tot[0]:,.0f}); with prefixes shared across flavors {tot[2]:,.0f} = "
           f"{tot[2] / tot[0]:.2f} x")
     if a.json:
-        a.json.write_text(json.dumps({"rows": table.to_dicts(), "identity_tokens": tot[0],
-                                      "rotation_tokens": tot[1], "new_tokens": tot[2]},
-                                     indent=1) + "\n")
+        bench_machine.write_results(a.json, {"rows": table.to_dicts(), "identity_tokens": tot[0],
+                                             "rotation_tokens": tot[1], "new_tokens": tot[2]},
+                                    quick=a.quick)
 
 
 if __name__ == "__main__":

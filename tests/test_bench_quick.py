@@ -36,12 +36,13 @@ QUICK: dict[str, list[str]] = {
     "compare_lighteval_prompts.py": ["--quick"],
     "bench_dryrun.py": ["--quick", "--out", "{tmp}/dryrun.json"],
     "bench_tokenize.py": ["--quick", "--json", "{tmp}/tokenize.json"],
+    "choice_cost.py": ["--quick", "--json", "{tmp}/choice_cost.json"],
 }
 # what each quick run must write (a JSON file with the machine's description, where it has one)
 WRITES_MACHINE = {"attribution_cost.py": "attribution_cost.json", "bench_engine.py": "engine.json",
                   "bench_explorer.py": "explorer.json", "gpu_check.py": "gpu_check.json",
                   "bench_vs_lmeval.py": "vs_lmeval.json", "bench_dryrun.py": "dryrun.json",
-                  "bench_tokenize.py": "tokenize.json"}
+                  "bench_tokenize.py": "tokenize.json", "choice_cost.py": "choice_cost.json"}
 
 EXCLUDED: dict[str, str] = {
     "helm_local.py": "runs in crfm-helm's own venv (bench/setup_helm.sh); the rows it writes are "
