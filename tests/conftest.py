@@ -40,3 +40,14 @@ def questions(mmlu_dir: Path) -> pl.DataFrame:
     from mmlu_flavors.data import Source, load_questions
 
     return load_questions(Source("local", str(mmlu_dir)))
+
+
+@pytest.fixture
+def registry():
+    """The flavor registry, restored after a test registers flavors of its own."""
+    from mmlu_flavors import flavors as F
+
+    saved = dict(F.FLAVORS)
+    yield F.FLAVORS
+    F.FLAVORS.clear()
+    F.FLAVORS.update(saved)

@@ -19,15 +19,6 @@ N = 6
 ORDERS = ["rotate_1", "rotate_2", "rotate_3", "reverse", "shuffle_3"]
 
 
-@pytest.fixture
-def registry():
-    """Restore the registry after a test registers flavors."""
-    saved = dict(F.FLAVORS)
-    yield F.FLAVORS
-    F.FLAVORS.clear()
-    F.FLAVORS.update(saved)
-
-
 def _table(questions, flavor: str) -> pl.DataFrame:
     return build_prompts(questions, flavor, subjects=SUBJECTS, questions_per_subject=N)
 

@@ -16,15 +16,6 @@ from mmlu_flavors.prompts import build_prompts
 PKG = Path(F.__file__).parent
 
 
-@pytest.fixture
-def registry():
-    """Restore the registry after a test registers custom flavors."""
-    saved = dict(F.FLAVORS)
-    yield F.FLAVORS
-    F.FLAVORS.clear()
-    F.FLAVORS.update(saved)
-
-
 def test_builtin_definitions_validate_and_name_their_reference() -> None:
     raw = yaml.safe_load(F.BUILTIN_FILE.read_text())
     assert list(raw) == list(F.BUILTIN)
