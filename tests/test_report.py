@@ -108,3 +108,28 @@ def test_without_blog_csv(tmp_path):
     out, written = _run(tmp_path, ("a", "b"), None, {})
     assert "No published table" in (out / "blog_comparison.md").read_text()
     assert "scores.md" in written
+
+
+def test_a_model_without_one_implementation_gets_an_empty_cell(tmp_path, blog_csv):
+    """A chat flavor left out for a model without a chat template (chat_without_template:
+    skip): the report still writes every file; that model's cell is "—", ranks, differences
+    and Kendall taus of that implementation use only the models that have it."""
+    models = {"base": 0.2, "instruct": 1.5, "other": 0.8}
+    cache = synthetic_cache(models, flavors=("helm", "harness_current"),
+                            subjects={"anatomy": 12, "astronomy": 8})
+    cache = cache.filter(~((pl.col("model") == "base") & (pl.col("flavor") == "harness_current")))
+    pred_path = tmp_path / "predictions.parquet"
+    predictions(cache).write_parquet(pred_path)
+    out = tmp_path / "reports"
+    written = report.write_all(pred_path, out, blog_csv, {}, seed=0, n_boot=50)
+    assert sorted(written) == sorted(report.output_names(list(models)))
+    scores = pl.read_csv(out / "scores.csv")
+    hc = scores.filter(pl.col("implementation") == "harness_current")
+    assert sorted(hc["model"].to_list()) == ["instruct", "other"]
+    assert sorted(hc["rank"].to_list()) == [1.0, 2.0]  # ranked among the two that ran it
+    row = next(x for x in (out / "scores.md").read_text().splitlines() if x.startswith("| base |"))
+    assert row.count("—") == 1
+    diffs = pl.read_csv(out / "differences.csv")
+    assert diffs.filter(pl.col("model") == "base").height == 0
+    tau = pl.read_csv(out / "kendall.csv").row(0, named=True)
+    assert tau["n_models"] == 2

@@ -71,6 +71,8 @@ def _f(x: float | None, nd: int = 3) -> str:
 
 
 def _ci(x: float, lo: float, hi: float, nd: int = 3) -> str:
+    if x is None or not np.isfinite(x):
+        return "—"  # a model x implementation that was not run
     return f"{_f(x, nd)} [{_f(lo, nd)}, {_f(hi, nd)}]"
 
 
@@ -94,8 +96,19 @@ def _models(s: st.Stats) -> list[str]:
             .sort("score", "model", descending=[True, False]).get_column("model").to_list())
 
 
+class _Scores(dict):
+    """(model, implementation) -> its scores row; a pair that was not run (a chat flavor left
+    out for a model without a chat template) reads as NaN everywhere, shown as "—"."""
+
+    def __missing__(self, key: tuple[str, str]) -> dict:
+        return {"model": key[0], "implementation": key[1], "score": np.nan,
+                "score_lo": np.nan, "score_hi": np.nan, "micro": np.nan, "micro_lo": np.nan,
+                "micro_hi": np.nan, "macro": np.nan, "macro_lo": np.nan, "macro_hi": np.nan,
+                "rank": np.nan, "rank_lo": np.nan, "rank_hi": np.nan, "p_best": np.nan}
+
+
 def _score_lookup(s: st.Stats) -> dict[tuple[str, str], dict]:
-    return {(r["model"], r["implementation"]): r for r in s.scores.iter_rows(named=True)}
+    return _Scores({(r["model"], r["implementation"]): r for r in s.scores.iter_rows(named=True)})
 
 
 # ---------------------------------------------------------------- markdown
@@ -121,12 +134,12 @@ def scores_markdown(s: st.Stats, seed: int, n_boot: int) -> str:
     out.append("\n## Both averages\n")
     rows = [[m, i, _ci(sc[m, i]["micro"], sc[m, i]["micro_lo"], sc[m, i]["micro_hi"]),
              _ci(sc[m, i]["macro"], sc[m, i]["macro_lo"], sc[m, i]["macro_hi"])]
-            for m in models for i in impls]
+            for m in models for i in impls if (m, i) in sc]
     out.append(_md_table(["model", "implementation", "micro [95% CI]", "macro [95% CI]"], rows))
 
     out.append("\n## Rank of each model (1 = best, own averaging; 95% bootstrap interval)\n")
     rows = [[m] + [f"{sc[m, i]['rank']:g} [{sc[m, i]['rank_lo']:g}–{sc[m, i]['rank_hi']:g}]"
-                   for i in impls] for m in models]
+                   if (m, i) in sc else "—" for i in impls] for m in models]
     out.append(_md_table(["model"] + impls, rows))
 
     out.append("\n## Kendall's tau-b between the model rankings\n")
@@ -269,6 +282,8 @@ def plot_rank_comparison(s: st.Stats, path: Path) -> None:
         ax.vlines(x + off, lo, hi, color=color, lw=2.5, alpha=0.3, zorder=2)
         ax.plot(x + off, r, "-o", color=color, lw=2, ms=7, zorder=3)
         for xi, ri, i in zip(x, r, impls):
+            if not np.isfinite(ri):  # not run for this model
+                continue
             ax.annotate(f"{sc[m, i]['score']:.3f}", (xi + off, ri), xytext=(4, 4),
                         textcoords="offset points", fontsize=7, color=color)
         end_label(m, x[0] - spread / 2 - 0.02, r[0], -1, color)

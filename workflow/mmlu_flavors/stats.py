@@ -274,9 +274,10 @@ def compute(pred: pl.DataFrame, seed: int = 0, n_boot: int = 1000, level: float 
     present = set(diag.get_column("implementation").unique().to_list())
     order_all = impl_order()
     impls = [i for i in order_all if i in present]
-    have = diag.select("model", "implementation").unique()
-    if have.height != len(models) * len(impls):
-        raise ValueError(f"every model needs the same implementations; have {have.sort('model').rows()}")
+    # a model may lack an implementation (a chat flavor left out for a model without a chat
+    # template, chat_without_template: skip): its ranks, differences and Kendall taus are
+    # taken over the models that have both sides
+    have = set(diag.select("model", "implementation").unique().iter_rows())
 
     bs = bootstrap_subject_means(diag, ("model", "implementation"), n_boot, seed)
     cols = bs.columns
@@ -293,7 +294,7 @@ def compute(pred: pl.DataFrame, seed: int = 0, n_boot: int = 1000, level: float 
     rank_p = np.empty(K)
     rank_b = np.empty((n_boot, K))
     for i in impls:
-        ks = [col_of[(m, i)] for m in models]
+        ks = [col_of[(m, i)] for m in models if (m, i) in have]
         rank_p[ks] = average_ranks(own_p[ks])
         rank_b[:, ks] = average_ranks(own_b[:, ks])
     r_lo, r_hi = percentile_ci(rank_b, level)
@@ -352,6 +353,8 @@ def compute(pred: pl.DataFrame, seed: int = 0, n_boot: int = 1000, level: float 
     diff_rows = []
     for m in models:
         for a, b in combinations(impls, 2):
+            if (m, a) not in have or (m, b) not in have:
+                continue
             ka, kb = col_of[(m, a)], col_of[(m, b)]
             for how, p, bt in (("own", own_p, own_b), ("micro", mi_p, mi_b), ("macro", ma_p, ma_b)):
                 d_b = bt[:, ka] - bt[:, kb]
@@ -366,13 +369,17 @@ def compute(pred: pl.DataFrame, seed: int = 0, n_boot: int = 1000, level: float 
     # Kendall tau-b between model rankings of implementation pairs
     tau_rows = []
     for a, b in combinations(impls, 2):
-        ka = [col_of[(m, a)] for m in models]
-        kb = [col_of[(m, b)] for m in models]
+        both = [m for m in models if (m, a) in have and (m, b) in have]
+        if len(both) < 2:
+            tau_rows.append((a, b, len(both), float("nan"), float("nan"), float("nan")))
+            continue
+        ka = [col_of[(m, a)] for m in both]
+        kb = [col_of[(m, b)] for m in both]
         t_p = float(kendall_tau_b(own_p[ka], own_p[kb]))
         t_b = kendall_tau_b(own_b[:, ka], own_b[:, kb])
         lo, hi = (percentile_ci(t_b, level) if np.isfinite(t_b).any()
                   else (np.nan, np.nan))
-        tau_rows.append((a, b, len(models), t_p, float(lo), float(hi)))
+        tau_rows.append((a, b, len(both), t_p, float(lo), float(hi)))
     kendall = pl.DataFrame(
         tau_rows, orient="row",
         schema={"implementation_a": pl.String, "implementation_b": pl.String,
