@@ -5,6 +5,7 @@ numbers of predictions.parquet and of the cache."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -258,3 +259,83 @@ def test_browser_inline_page_needs_no_data_files_and_split_page_says_what_is_mis
     page, _ = _open(browser, moved, f"#model=model-a&subject={SUBJECTS[0]}&index=4")
     page.wait_for_selector("#load-error")
     assert "could not load explorer/abstract_algebra.js" in page.inner_text("#load-error")
+
+
+@pytest.fixture(scope="module")
+def chat_built(tmp_path_factory, questions):
+    """helm_current (one user message) and lighteval_current (shots as turns) cached for a
+    model whose tokenizer has SmolLM2's chat template, with the hash of the text it was fed."""
+    from tiny_tokenizers import bytelevel_chat
+
+    from mmlu_flavors.flavors import get_flavor
+    from mmlu_flavors.tokenize import tokenize_row
+
+    tok = bytelevel_chat(questions)
+    root = tmp_path_factory.mktemp("explorer_chat")
+    qpath = root / "questions.parquet"
+    questions.write_parquet(qpath)
+    flavors = ["helm_current", "lighteval_current"]
+    prompt_paths, frames = [], []
+    for f in flavors:
+        p = build_prompts(questions, f, subjects=SUBJECTS[:1], questions_per_subject=4)
+        prompt_paths.append(root / f"{f}.parquet")
+        p.write_parquet(prompt_paths[-1])
+        frames.append(p)
+    prompts = pl.concat(frames, how="diagonal_relaxed")
+    fed = {(r["flavor"], r["index"]): tokenize_row(r, tok, 4096, get_flavor(r["flavor"])).prompt
+           for r in prompts.iter_rows(named=True)}
+    cache = cache_for_prompts(prompts, {"chat-model": 1.0}, seed=5).with_columns(
+        chat=pl.lit(True),
+        prompt_sha256=pl.struct("flavor", "index").map_elements(
+            lambda s: hashlib.sha256(fed[(s["flavor"], s["index"])].encode()).hexdigest(),
+            return_dtype=pl.String))
+    cache_path = root / "cache.parquet"
+    cache.write_parquet(cache_path)
+    pred_path = root / "predictions.parquet"
+    predictions(cache).write_parquet(pred_path)
+    paths = (pred_path, prompt_paths, [cache_path], qpath)
+    info = build_explorer(*paths, root / "explorer.html", root / "explorer", inline_limit=0,
+                          tokenizers={"chat-model": (tok, 4096)})
+    return {"root": root, "fed": fed, "info": info, "paths": paths, "cache": cache, "tok": tok}
+
+
+def test_chat_rendered_text_is_what_the_model_was_fed(chat_built):
+    assert chat_built["info"]["chat_rendered"] == 8
+    d = _js_data(chat_built["root"] / "explorer" / f"{SUBJECTS[0]}.js")
+    seen = d["models"]["chat-model"]["seen"]
+    for k, i in enumerate(d["index"]):
+        h = seen["helm_current"]  # the template around the whole plain prompt
+        P = d["prompts"]["helm_current"]
+        plain = (P["headers"][P["q_header"][k]] + "".join(P["shots"][j] for j in P["q_shots"][k])
+                 + fill_template(P["templates"][P["q_template"][k]], d["question"][k],
+                                 d["choices"][k]))
+        before, after = (h["parts"][j] for j in h["q"][k])
+        assert before.startswith("<|im_start|>") and after.endswith("<|im_start|>assistant\n")
+        assert before + plain + after == chat_built["fed"][("helm_current", i)]
+        # lighteval: the shots are turns, so the whole rendering is stored
+        assert seen["lighteval_current"]["literal"][str(k)] == \
+            chat_built["fed"][("lighteval_current", i)]
+
+
+def test_chat_rendering_that_is_not_the_cached_input_is_refused(chat_built, tmp_path):
+    pred_path, prompt_paths, _, qpath = chat_built["paths"]
+    bad = chat_built["cache"].with_columns(prompt_sha256=pl.lit("0" * 64))
+    bad.write_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="not this tokenizer's rendering"):
+        build_explorer(pred_path, prompt_paths, [tmp_path / "bad.parquet"], qpath,
+                       tmp_path / "e.html", tmp_path / "e", tokenizers={"chat-model": (
+                           chat_built["tok"], 4096)})
+    with pytest.raises(ValueError, match="no tokenizer given for \\['chat-model'\\]"):
+        build_explorer(*chat_built["paths"], tmp_path / "e.html", tmp_path / "e")
+
+
+def test_browser_shows_the_chat_rendered_text(chat_built, browser):
+    page, errors = _open(browser, chat_built["root"] / "explorer.html")
+    page.select_option("#subject", SUBJECTS[0])
+    i = 2
+    page.click(f"#qlist li[data-subject='{SUBJECTS[0]}'][data-index='{i}']")
+    page.wait_for_selector("#impls")
+    for f in ("helm_current", "lighteval_current"):
+        shown = page.locator(f".flavor[data-flavor={f}] [data-col=seen]").inner_text()
+        assert shown == chat_built["fed"][(f, i)]
+    assert errors == []

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import polars as pl
@@ -250,13 +251,36 @@ def cmd_choice_order(a: argparse.Namespace) -> None:
     log.info("choice order: %s", paths)
 
 
+class _Tokenizers(Mapping):
+    """Model name -> (tokenizer, max length), each loaded (tokenizer only) when first asked
+    for; `models`: name -> {"entry": config entry, "model_dir": converted folder or null}."""
+
+    def __init__(self, models: dict[str, dict]) -> None:
+        self._models, self._loaded = models, {}
+
+    def __getitem__(self, name: str):
+        if name not in self._loaded:
+            from .models import load_tokenizer
+
+            m = self._models[name]
+            self._loaded[name] = load_tokenizer(m["entry"], m.get("model_dir") or None, name)
+        return self._loaded[name]
+
+    def __iter__(self):
+        return iter(self._models)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
 def cmd_explorer(a: argparse.Namespace) -> None:
     from .explorer import build_explorer
 
     _register_flavors(a)
     info = build_explorer(a.predictions, a.prompts, a.cache, a.questions, Path(a.out),
                           Path(a.data_dir), inline_limit=a.inline_limit,
-                          choice_order=a.choice_order)
+                          choice_order=a.choice_order,
+                          tokenizers=_Tokenizers(json.loads(a.models)))
     log.info("explorer: %s", info)
 
 
@@ -415,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also inline all data into the page when it totals at most this many bytes")
     ex.add_argument("--choice-order", help="reports/choice_order_questions.parquet: each "
                     "question's verdict under each cyclic rotation of the choices")
+    ex.add_argument("--models", default="{}", help="JSON: model name -> {entry, model_dir}, "
+                    "to show the chat-rendered text a model saw (its tokenizer only is loaded)")
     ex.set_defaults(fn=cmd_explorer)
     return p
 

@@ -4,7 +4,9 @@ The page (no server, works from file://, no network) lets a user pick a model an
 (filters: subject, "implementations disagree", flips between two implementations) and shows,
 per prompt flavor side by side, the exact prompt (shots collapsible), the letter
 probabilities, the answer-text log-likelihoods, the greedy token, gold and every scorer's
-verdict.
+verdict. For a flavor rendered through a model's chat template it also shows, per model, the
+text that model saw (`model_inputs`: rendered again from the prompt row with the model's
+tokenizer and checked against the cache's hash of the fed text).
 
 Data layout (all written atomically):
 * `explorer.html`: the page, its CSS/JS inline, and a small index (models, cells, subjects,
@@ -26,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ from .reduce import FLAVORS, SCORERS
 CACHE_COLUMNS: tuple[str, ...] = (
     "model", "flavor", "subject", "index", "letter_logprobs", "greedy_text", "greedy_logprob",
     "letter_cont_sum", "text_cont_sum", "choice_chars", "n_shots", "truncated",
-    "context_tokens",
+    "context_tokens", "chat", "prompt_sha256",
 )
 PROMPT_COLUMNS: tuple[str, ...] = (
     "flavor", "subject", "index", "prompt", "header", "shots", "test_block", "shot_rows",
@@ -133,6 +135,64 @@ def read_prompt_tables(paths: Sequence[Path | str]) -> pl.DataFrame:
     return pl.concat(frames, how="vertical_relaxed")
 
 
+def model_inputs(cache: pl.DataFrame, prompt_paths: Sequence[Path | str],
+                 tokenizers: Mapping[str, tuple[Any, int]]) -> pl.DataFrame:
+    """The text each model saw for its chat-rendered questions (cache rows with `chat`):
+    model, flavor, subject, index, before, after, text. When the text is `before` + the plain
+    prompt (with the shots the model kept) + `after` (a template around one user message),
+    `text` is null; otherwise (shots as turns) `before`/`after` are null and `text` is the
+    whole rendering. Each rendering is checked against the cache's `prompt_sha256`."""
+    from .flavors import get_flavor
+    from .prompts import assemble
+    from .tokenize import model_input
+
+    schema = {"model": pl.String, "flavor": pl.String, "subject": pl.String,
+              "index": pl.Int64, "before": pl.String, "after": pl.String, "text": pl.String}
+    chat = cache.filter(pl.col("chat").fill_null(False))
+    if chat.height == 0:
+        return pl.DataFrame(schema=schema)
+    missing = sorted(set(chat["model"].unique().to_list()) - set(tokenizers))
+    if missing:
+        raise ValueError(f"explorer: no tokenizer given for {missing}, whose cached prompts went "
+                         "through a chat template (--models)")
+    flavors = set(chat["flavor"].unique().to_list())
+    # only the chat flavors' rows are read in full (the page's columns were read already)
+    rows = pl.concat([pl.scan_parquet(p).filter(pl.col("flavor").is_in(list(flavors)))
+                      .collect() for p in prompt_paths], how="diagonal_relaxed")
+    by = {(r["flavor"], r["subject"], r["index"]): r for r in rows.iter_rows(named=True)}
+    out = []
+    for m, f, s, i, n, sha in chat.select("model", "flavor", "subject", "index", "n_shots",
+                                          "prompt_sha256").iter_rows():
+        row = by.get((f, s, i))
+        if row is None:
+            raise ValueError(f"explorer: {f}/{s}/{i} is cached but not in the prompt tables")
+        tok, max_length = tokenizers[m]
+        text = model_input(row, tok, max_length, get_flavor(f), n, sha)
+        plain = assemble(row["header"], row["shots"], row["test_block"], n)
+        if plain and text.count(plain) == 1:
+            before, after = text.split(plain)
+            out.append((m, f, s, i, before, after, None))
+        else:
+            out.append((m, f, s, i, None, None, text))
+    return pl.DataFrame(out, schema=schema, orient="row")
+
+
+def seen_data(inputs: pl.DataFrame, pos: dict[int, int]) -> dict[str, Any]:
+    """model_inputs rows of one model x flavor x subject -> the page's form: interned
+    before/after parts, per question [before, after] ids (null: not chat-rendered), and
+    whole renderings by position."""
+    parts, q, literal = _Interner(), [None] * len(pos), {}
+    for i, before, after, text in inputs.select("index", "before", "after", "text").iter_rows():
+        k = pos.get(i)
+        if k is None:
+            continue
+        if text is None:
+            q[k] = [parts.id(before), parts.id(after)]
+        else:
+            literal[str(k)] = text
+    return {"parts": parts.values, "q": q, "literal": literal}
+
+
 # ---------------------------------------------------------------- building the data
 
 def build_index(pred: pl.DataFrame) -> dict[str, Any]:
@@ -173,10 +233,12 @@ def build_index(pred: pl.DataFrame) -> dict[str, Any]:
 def subject_data(subject: str, idx: list[int], questions: pl.DataFrame, prompts: pl.DataFrame,
                  cache: pl.DataFrame, pred: pl.DataFrame, flavors: Sequence[str],
                  models: Sequence[str], cells: Sequence[str],
-                 rotations: pl.DataFrame | None = None) -> dict[str, Any]:
+                 rotations: pl.DataFrame | None = None,
+                 inputs: pl.DataFrame | None = None) -> dict[str, Any]:
     """Everything the page shows for one subject, column-oriented in `idx` order (with
     `rotations`, choice_order.py's per-question table: each verdict under each cyclic
-    rotation of the choices)."""
+    rotation of the choices; with `inputs`, `model_inputs` rows: the chat-rendered text each
+    model saw)."""
     pos = {i: k for k, i in enumerate(idx)}
     n = len(idx)
     q = {r["index"]: r for r in questions.iter_rows(named=True)}
@@ -217,6 +279,12 @@ def subject_data(subject: str, idx: list[int], questions: pl.DataFrame, prompts:
                              "literal": literal}
     for m in models:
         entry: dict[str, Any] = {"flavors": {}, "pred": {}}
+        if inputs is not None and inputs.height:
+            mine = inputs.filter(pl.col("model") == m)
+            seen = {f: seen_data(part, pos) for (f,), part in
+                    mine.partition_by("flavor", as_dict=True).items()}
+            if seen:
+                entry["seen"] = seen
         for f in flavors:
             rows = cache.filter((pl.col("model") == m) & (pl.col("flavor") == f))
             if rows.height == 0:
@@ -276,9 +344,11 @@ def rotation_data(rotations: pl.DataFrame, pos: dict[int, int]) -> dict[str, Any
 def build_explorer(predictions: Path | str, prompts: Sequence[Path | str],
                    cache: Sequence[Path | str], questions: Path | str, out_html: Path | str,
                    data_dir: Path | str, inline_limit: int = DEFAULT_INLINE_LIMIT,
-                   choice_order: Path | str | None = None) -> dict[str, Any]:
+                   choice_order: Path | str | None = None,
+                   tokenizers: Mapping[str, tuple[Any, int]] | None = None) -> dict[str, Any]:
     """Write the page and one data script per subject; returns sizes and counts.
-    `choice_order`: reports/choice_order_questions.parquet (choice_permutations: cyclic)."""
+    `choice_order`: reports/choice_order_questions.parquet (choice_permutations: cyclic);
+    `tokenizers`: model name -> (tokenizer, max length), to show chat-rendered inputs."""
     out_html, data_dir = Path(out_html), Path(data_dir)
     pred = pl.read_parquet(predictions)
     if pred.height == 0:
@@ -290,6 +360,8 @@ def build_explorer(predictions: Path | str, prompts: Sequence[Path | str],
           .filter(pl.col("split") == "test").join(wanted, on=["subject", "index"], how="semi"))
     pr = read_prompt_tables(prompts).join(wanted, on=["subject", "index"], how="semi")
     ca = read_cache_views(cache).join(wanted, on=["subject", "index"], how="semi")
+    seen = model_inputs(ca, prompts, tokenizers or {})
+    seen_by = seen.partition_by("subject", as_dict=True)
     pr_by = pr.partition_by("subject", as_dict=True)
     ca_by = ca.partition_by("subject", as_dict=True)
     qs_by = qs.partition_by("subject", as_dict=True)
@@ -305,7 +377,8 @@ def build_explorer(predictions: Path | str, prompts: Sequence[Path | str],
         empty_p, empty_c = pr.clear(), ca.clear()
         d = subject_data(s, subj["index"], qs_by.get((s,), qs.clear()), pr_by.get((s,), empty_p),
                          ca_by.get((s,), empty_c), pred_by[(s,)], index["flavors"],
-                         index["models"], index["cells"], rot_by.get((s,)))
+                         index["models"], index["cells"], rot_by.get((s,)),
+                         seen_by.get((s,)))
         script = f"MMLU_EXPLORER_LOAD({js_literal(s)},{js_literal(d)});\n"
         atomic_write_text(data_dir / f"{s}.js", script)
         subj["file"] = f"{rel}/{s}.js"
@@ -320,4 +393,5 @@ def build_explorer(predictions: Path | str, prompts: Sequence[Path | str],
     atomic_write_text(out_html, page)
     return {"html_bytes": len(page.encode("utf-8")), "data_bytes": total,
             "largest_subject": max(sizes, key=sizes.get), "largest_bytes": max(sizes.values()),
-            "subjects": len(sizes), "questions": wanted.height, "inline": inline}
+            "subjects": len(sizes), "questions": wanted.height, "inline": inline,
+            "chat_rendered": seen.height}

@@ -88,11 +88,16 @@ rule explorer:
         prompts=expand("data/prompts/{f}.parquet", f=FLAVORS),
         cache=cache_shards(),
         choice_order=["reports/choice_order_questions.parquet"] if ROTATED else [],
+        models=[model_dir(m) for m in MODELS if model_dir(m)],
     output:
         html=report("reports/explorer.html", caption="../report/explorer.rst", category="Explorer"),
         data=directory("reports/explorer"),
     params:
         flavor_defs=lambda wc: flavor_defs(),
+        # tokenizers of the models, to show the text a chat template rendered
+        models=lambda wc: json.dumps({MODELS[m]: {"entry": json.loads(entry_json(m)),
+                                                  "model_dir": model_dir(m)} for m in MODELS},
+                                     sort_keys=True),
     conda:
         ENV
     resources:
@@ -104,6 +109,7 @@ rule explorer:
         "{PY} explorer --predictions {input.predictions:q} --questions {input.questions:q} "
         "--prompts {input.prompts:q} --cache {input.cache:q} --out {output.html:q} "
         "--data-dir {output.data:q} --flavor-defs {params.flavor_defs:q} "
+        "--models {params.models:q} "
         + ("--choice-order {input.choice_order:q} " if ROTATED else "") + "2> {log:q}"
 
 
