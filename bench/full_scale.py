@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         d = json.loads(m.read_text())
         jobs[d["flavor"]] = {k: d.get(k) for k in ("questions", "computed", "tokens",
                                                    "wall_seconds", "forward_seconds",
+                                                   "first_forward_seconds",
                                                    "peak_host_mem_mb")}
     out["logits_jobs"] = jobs
     for t in sorted((work / "data" / "tokens").glob("*/*/*/*.parquet")):

@@ -133,7 +133,12 @@ def test_same_input_under_another_flavor_costs_no_forward(questions, tiny_dir, t
                          for f in ("helm", "helm_current")])
     entry = {"source": "local", "path": str(tiny_dir), "dtype": "float32", "device": "cpu"}
     views = {}
+    key = models.model_key(models.fingerprint(entry))
     for flavor in ("helm", "helm_current"):
+        if flavor == "helm_current":  # a damaged segment of a third flavor: skipped, left alone
+            junk = tmp_path / "store" / key / "original" / SUBJECTS[0] / "junk.parquet"
+            junk.parent.mkdir(parents=True)
+            junk.write_bytes(b"not parquet")
         stats = cache.JobStats()
         views[flavor] = cache.compute_view(prompts, "tiny", entry, None, flavor, SUBJECTS, 3,
                                            tmp_path / f"{flavor}.parquet", tmp_path / "store",
@@ -143,7 +148,7 @@ def test_same_input_under_another_flavor_costs_no_forward(questions, tiny_dir, t
     assert calls == [3, 3]  # helm's two subjects; nothing for helm_current
     cols = [c for c in cache.CACHE_SCHEMA if c not in ("flavor",)]
     assert views["helm"].select(cols).equals(views["helm_current"].select(cols))
-    key = models.model_key(models.fingerprint(entry))
+    assert junk.read_bytes() == b"not parquet"  # another flavor's damage is its own job's
     store = cache.Store(tmp_path / "store", key, readonly=True)
     assert cache.plan_counts(prompts, store, "helm_current", SUBJECTS, 3, None) == (6, 6)
 

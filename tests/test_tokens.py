@@ -98,7 +98,7 @@ def test_a_wrong_splice_is_caught_and_encoded_in_full(questions, prompt_rows) ->
     assert stats.full == len(prompt_rows["harness_current"])
 
 
-def test_token_table_feeds_the_logits_job(questions, tmp_path) -> None:
+def test_token_table_feeds_the_logits_job(questions, tmp_path, caplog) -> None:
     model_dir = make_tiny_model(questions, tmp_path / "tiny")
     entry = {"source": "local", "path": str(model_dir), "dtype": "float32", "device": "cpu"}
     prompts = build_prompts(questions, "harness_current", subjects=SUBJECTS[1:])
@@ -108,9 +108,20 @@ def test_token_table_feeds_the_logits_job(questions, tmp_path) -> None:
                    progress=False)
     table = pl.read_parquet(tokens)
     assert table.height == 6 and table["context"].list.len().min() > 100
-    a = compute_view(prompts, "tiny", entry, None, "harness_current", subjects, n,
-                     tmp_path / "a.parquet", tmp_path / "store", progress=False,
-                     tokens_path=tokens)
+    stats = cache.JobStats()
+    with caplog.at_level("INFO", logger="mmlu_flavors.cache"):
+        a = compute_view(prompts, "tiny", entry, None, "harness_current", subjects, n,
+                         tmp_path / "a.parquet", tmp_path / "store", progress=False,
+                         tokens_path=tokens, stats=stats)
+    # the job logs when its first forward starts, counted from the process start
+    assert stats.computed == 6 and 0 < stats.first_forward_seconds < cache.since_process_start()[0]
+    assert any("first forward" in r.getMessage() and "after the process started" in
+               r.getMessage() for r in caplog.records)
+    again = cache.JobStats()
+    compute_view(prompts, "tiny", entry, None, "harness_current", subjects, n,
+                 tmp_path / "a2.parquet", tmp_path / "store", progress=False,
+                 tokens_path=tokens, stats=again)
+    assert again.reused == 6 and again.first_forward_seconds is None  # nothing to compute
     b = compute_view(prompts, "tiny", entry, None, "harness_current", subjects, n,
                      tmp_path / "b.parquet", tmp_path / "store2", progress=False)
     assert a.equals(b)

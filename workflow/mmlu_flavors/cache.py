@@ -275,6 +275,7 @@ class JobStats:
     forward_seconds: float = 0.0
     load_seconds: float = 0.0
     segments: int = 0
+    first_forward_seconds: float | None = None  # from process start to the first forward
 
 
 def _output_rows(tokenized: list, results: list, keys: list[str], pkeys: list[str],
@@ -447,11 +448,14 @@ def _from_other_flavors(store: Store, flavor: str, subject: str, todo: dict[str,
     A key is the exact model input, so the values are this flavor's too; they are written
     once under this flavor (with its prompt keys, so later plans count them cached)."""
     base = Path(store.root) / store.key
+    # read only: a damaged segment of another flavor is skipped, never moved aside here (its
+    # own job does that; two jobs moving the same file would race)
+    peek = Store(store.root, store.key, readonly=True)
     frames = []
     for other in sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
-        if other == flavor or not store.segments(other, subject):
+        if other == flavor or not peek.segments(other, subject):
             continue
-        rows = store.load(other, subject).filter(pl.col("input_key").is_in(list(todo)))
+        rows = peek.load(other, subject).filter(pl.col("input_key").is_in(list(todo)))
         if rows.height:
             frames.append(rows)
     if not frames:
@@ -484,6 +488,10 @@ def _compute(backend: Any, loaded: Any, store: Store, flavor: str, subject: str,
         log.info("%s %s %s: computing %d questions (%d-%d of %d)", loaded.name, flavor, subject,
                  len(chunk), start + 1, start + len(chunk), len(positions))
         es = engine.EngineStats()
+        if stats.first_forward_seconds is None:
+            stats.first_forward_seconds, cpu = since_process_start()
+            log.info("%s %s: first forward %.1f s after the process started (%.1f s CPU)",
+                     loaded.name, flavor, stats.first_forward_seconds, cpu)
         t = time.perf_counter()
         results = backend.run(loaded, [tokenized[i].request for i in chunk], letters,
                               batch_size=batch_size, max_batch_tokens=max_batch_tokens,
@@ -509,6 +517,16 @@ def _compute(backend: Any, loaded: Any, store: Store, flavor: str, subject: str,
         if checkpoint_seconds:
             step = max(1, min(int(checkpoint), int(checkpoint_seconds / max(per_question, 1e-6))))
     return pl.concat(out)
+
+
+def since_process_start() -> tuple[float, float]:
+    """(wall, CPU user + system) seconds since this process started (interpreter start-up
+    and imports included)."""
+    import psutil
+
+    p = psutil.Process()
+    cpu = p.cpu_times()
+    return max(0.0, time.time() - p.create_time()), cpu.user + cpu.system
 
 
 def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
@@ -541,6 +559,8 @@ def job_metrics(stats: JobStats, *, model: str, slug: str, flavor: str, shard: s
         "tokens_per_s": (round(stats.tokens / stats.forward_seconds, 2)
                          if stats.forward_seconds > 0 else None),
         "load_seconds": round(stats.load_seconds, 3), "wall_seconds": round(wall_seconds, 3),
+        "first_forward_seconds": (None if stats.first_forward_seconds is None
+                                  else round(stats.first_forward_seconds, 3)),
         "peak_host_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mem_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
                             if cuda else None),

@@ -26,6 +26,7 @@ template when it has one, their plain flavor (`helm`, `lighteval_mmlu`) exactly 
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -330,6 +331,7 @@ def _finish(ctx: list[int], cont_ids: list[list[int]], max_length: int, n_shots:
 # failed, is encoded in full instead. `FastStats` counts both.
 
 VERIFY_EVERY = 64
+_END = operator.itemgetter(1)  # an offset's end
 
 
 @dataclass
@@ -349,9 +351,18 @@ class FastStats:
 
 def _batch(tokenizer: Any, texts: list[str], special: bool, offsets: bool = False
            ) -> tuple[list[list[int]], list[list[tuple[int, int]]] | None]:
-    """`tokenizer(texts)`: the fast tokenizer's parallel batch encoding (Rust threads)."""
+    """`tokenizer(texts)`: the fast tokenizer's parallel batch encoding (Rust threads), each
+    distinct text encoded once (the same last line with the same continuation recurs across
+    a subject's questions)."""
     if not texts:
         return [], [] if offsets else None
+    uniq = list(dict.fromkeys(texts))
+    if len(uniq) < len(texts):
+        u_ids, u_offs = _batch(tokenizer, uniq, special, offsets)
+        at = {t: j for j, t in enumerate(uniq)}
+        where = [at[t] for t in texts]
+        return ([list(u_ids[j]) for j in where],
+                [list(u_offs[j]) for j in where] if u_offs is not None else None)
     enc = tokenizer(texts, add_special_tokens=special, return_offsets_mapping=offsets)
     ids = [list(x) for x in enc["input_ids"]]
     return ids, ([list(map(tuple, o)) for o in enc["offset_mapping"]] if offsets else None)
@@ -385,7 +396,7 @@ def _extensions(tokenizer: Any, texts: list[str], heads: list[str], specials: li
             continue
         o = offs[i]
         m = next((t for t, (s, e) in enumerate(o) if s >= k and e > s), len(o))
-        if all(e <= k for s, e in o[:m]):
+        if max(map(_END, o[:m]), default=0) <= k:  # no token before m ends after k
             split[i] = (k, m)
     # the tail of each candidate, alone and with each continuation, in one batch
     cand = [i for i in range(n) if split[i] is not None]
@@ -535,14 +546,21 @@ def tokenize_rows(rows: list[dict], tokenizer: Any, max_length: int,
     if drop is not None:  # tokenize_row's loop: drop the last shot while the prompt is too long
         limit = max_length if drop["max_tokens"] == "model" else int(drop["max_tokens"])
         count_special, reserve = drop.get("special_tokens", True), drop.get("reserve", 0)
-        lengths, _ = _batch(tokenizer, prompts, count_special)
+        # the prompt's length from the subject's shared head (as `_contexts` encodes it)
+        lengths, _ = _contexts(tokenizer, prompts,
+                               [_head(r, n, p) for r, n, p in zip(rows, n_shots, prompts)],
+                               [count_special] * len(rows), verify_every, stats)
         long = [i for i, ids in enumerate(lengths) if len(ids) + reserve > limit]
-        # every shorter prompt of those rows at once; the most shots that fit win
+        # every shorter prompt of those rows at once (the rows with as many shots share
+        # that head); the most shots that fit win
         cands = [(i, n) for i in long for n in range(n_shots[i] - 1, -1, -1)]
         texts = [assemble(rows[i]["header"], rows[i]["shots"], rows[i]["test_block"], n)
                  for i, n in cands]
-        fit = [len(ids) + reserve <= limit
-               for ids in _batch(tokenizer, texts, count_special)[0]]
+        cand_ids, _ = _contexts(tokenizer, texts,
+                                [rows[i]["header"] + "".join(rows[i]["shots"][:n])
+                                 for i, n in cands],
+                                [count_special] * len(texts), verify_every, stats)
+        fit = [len(ids) + reserve <= limit for ids in cand_ids]
         for i in long:
             best = next(((n, t) for (j, n), t, ok in zip(cands, texts, fit) if j == i and ok),
                         None)
@@ -611,3 +629,26 @@ def tokenize_rows(rows: list[dict], tokenizer: Any, max_length: int,
                Tokenized(replace(t.request, generate=fl.generate), t.n_shots, t.truncated,
                          t.prompt) for t in out]  # type: ignore[union-attr]
     return out  # type: ignore[return-value]
+
+
+def model_input(row: dict, tokenizer: Any, max_length: int, fl: Flavor, n_shots: int,
+                prompt_sha256: str | None = None) -> str:
+    """The text the model saw for a prompt row whose too-long policy kept `n_shots` shots
+    (the chat template's rendering for a chat flavor), as `tokenize_row` builds it. With
+    `prompt_sha256` (the cache's record of the fed text) the result is checked against it,
+    falling back to the full `tokenize_row` for a prompt cut inside its text; ValueError when
+    neither matches (the cache was made from another prompt or tokenizer)."""
+    import hashlib
+
+    def sha(t: str) -> str:
+        return hashlib.sha256(t.encode("utf-8")).hexdigest()
+
+    text = _wrap(_prompt_at(row, fl, tokenizer)(n_shots), fl, tokenizer)
+    if prompt_sha256 is None or sha(text) == prompt_sha256:
+        return text
+    text = tokenize_row(row, tokenizer, max_length, fl).prompt
+    if sha(text) != prompt_sha256:
+        raise ValueError(f"{fl.name} {row['subject']}/{row['index']}: the cached prompt hash "
+                         f"{prompt_sha256[:12]} is not this tokenizer's rendering of the prompt "
+                         "row (a cache made from another prompt table or tokenizer)")
+    return text
