@@ -12,7 +12,7 @@ backend against a llama-cpp-python server on 127.0.0.1 vs the in-process `llama_
 backend on the same model inputs (seconds per request).
 
     PYTHONPATH=workflow python bench/bench_backends.py --quick        # seconds
-    PYTHONPATH=workflow python bench/bench_backends.py --subjects 4 --questions 10 --server
+    PYTHONPATH=workflow python bench/bench_backends.py --subjects 4 --questions 25 --server
 
 Prompts: real MMLU from `--mmlu-dir` (default resources/mmlu). Results: JSON to `--out`.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -33,9 +32,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import polars as pl  # noqa: E402
 import yaml  # noqa: E402
+
+import machine  # noqa: E402
 
 from mmlu_flavors import engine, models, reduce, stats as S  # noqa: E402
 from mmlu_flavors.backends import llamacpp  # noqa: E402
@@ -49,13 +51,17 @@ SUBJECTS = ["high_school_geography", "marketing", "abstract_algebra", "us_foreig
             "college_biology", "world_religions", "nutrition", "sociology"]
 
 
-def paired_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0
+def paired_ci(pt: pl.DataFrame, pl_: pl.DataFrame, n_boot: int = 1000, seed: int = 0
               ) -> tuple[float, float, float]:
-    """Accuracy difference b - a and its percentile 95% CI, questions resampled in pairs."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
-    d = b[idx].mean(axis=1) - a[idx].mean(axis=1)
-    return float(b.mean() - a.mean()), float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))
+    """Accuracy difference llama_cpp - transformers (question-weighted) and its percentile 95%
+    CI: the report's paired bootstrap (`stats.bootstrap_subject_means`, questions resampled
+    within subjects, the same resample for both engines)."""
+    both = pl.concat([pt.with_columns(model=pl.lit("a")), pl_.with_columns(model=pl.lit("b"))])
+    sb = S.bootstrap_subject_means(both, ("model",), n_boot, seed)
+    point, boot = sb.micro()
+    d = boot[:, 1] - boot[:, 0]
+    lo, hi = S.percentile_ci(d)
+    return float(point[1] - point[0]), float(lo), float(hi)
 
 
 def max_delta(x: pl.DataFrame, y: pl.DataFrame) -> float:
@@ -127,7 +133,8 @@ def run_model(name: str, entry: dict, questions, subjects, n, workdir: Path) -> 
                                               dtype=torch.float32).eval()
     llm = llamacpp.open_llama(gguf, {**entry, "n_ctx": 2048})
     letters = letter_ids(tok)
-    out: dict = {"flavors": {}, "speed": {"transformers": [0.0, 0], "llama_cpp": [0.0, 0]}}
+    out: dict = {"flavors": {}, "speed": {b: [0.0, 0, 0.0, 0, 0]
+                                          for b in ("transformers", "llama_cpp")}}
     views = {"transformers": [], "llama_cpp": []}
     for k, flavor in enumerate(FLAVORS):
         rows = build_prompts(questions, flavor, subjects=subjects,
@@ -138,14 +145,18 @@ def run_model(name: str, entry: dict, questions, subjects, n, workdir: Path) -> 
         res = {}
         for backend in order:  # alternate which engine runs first
             st = engine.EngineStats()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             if backend == "transformers":
                 res[backend] = engine.run_fast(hf, reqs, letters, progress=False, stats=st)
             else:
                 res[backend] = llamacpp.run_requests(llm, reqs, letters, st)
-            wall = time.perf_counter() - t
-            out["speed"][backend][0] += wall
-            out["speed"][backend][1] += st.tokens
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
+            sp = out["speed"][backend]
+            sp[0] += wall
+            sp[1] += st.tokens
+            sp[2] += cpu
+            sp[3] += len(reqs)
+            sp[4] += st.forwards
             views[backend].append(rows_from_results(f"{name} ({backend})", rows, toks,
                                                     res[backend], letters, tok))
         tv = views["transformers"][-1]
@@ -155,7 +166,7 @@ def run_model(name: str, entry: dict, questions, subjects, n, workdir: Path) -> 
         pl_ = reduce.predictions(lv, [scorer]).sort("subject", "index")
         a = pt["correct"].to_numpy().astype(float)
         b = pl_["correct"].to_numpy().astype(float)
-        diff, lo, hi = paired_ci(a, b)
+        diff, lo, hi = paired_ci(pt, pl_)
         out["flavors"][flavor] = {
             "scorer": scorer, "questions": len(a),
             "acc_transformers": round(a.mean(), 4), "acc_llama_cpp": round(b.mean(), 4),
@@ -165,9 +176,13 @@ def run_model(name: str, entry: dict, questions, subjects, n, workdir: Path) -> 
             "max_abs_delta_logprob": round(max_delta(tv, lv), 4),
         }
         print(name, flavor, out["flavors"][flavor], flush=True)
-    for backend, (sec, tokens) in out["speed"].items():
-        out["speed"][backend] = {"wall_s": round(sec, 2), "tokens": tokens,
-                                 "tokens_per_s": round(tokens / sec, 1) if sec else None}
+    for backend, (sec, tokens, cpu, prompts, fwd) in out["speed"].items():
+        # tokens: what this engine evaluated (each shares prefixes its own way), so also the
+        # same work measured the same way: prompts (questions x flavors) per second
+        out["speed"][backend] = {"wall_s": round(sec, 2), "cpu_s": round(cpu, 2),
+                                 "prompts": prompts, "forwards": fwd, "tokens": tokens,
+                                 "tokens_per_s": round(tokens / sec, 1) if sec else None,
+                                 "prompts_per_s": round(prompts / sec, 2) if sec else None}
     out["speed"]["wall_ratio_llama_over_transformers"] = round(
         out["speed"]["llama_cpp"]["wall_s"] / out["speed"]["transformers"]["wall_s"], 3)
     llm.close()
@@ -181,7 +196,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 subject x 2 questions, one model")
     ap.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma-3-270m"])
     ap.add_argument("--subjects", type=int, default=4)
-    ap.add_argument("--questions", type=int, default=10)
+    ap.add_argument("--questions", type=int, default=25)
     ap.add_argument("--server", action="store_true", help="also measure openai_completions")
     ap.add_argument("--mmlu-dir", default=str(ROOT / "resources" / "mmlu"))
     ap.add_argument("--out", default=None)
@@ -191,10 +206,8 @@ def main() -> None:
     registry = yaml.safe_load((ROOT / "config.yaml").read_text())["model_registry"]
     questions = load_questions(Source("local", a.mmlu_dir))
     subjects = SUBJECTS[:a.subjects]
-    load = os.getloadavg()
-    result: dict = {"machine": {"cpus": os.cpu_count(), "threads": llamacpp.threads(),
-                                "loadavg_start": [round(x, 2) for x in load],
-                                "llama_cpp_python": llamacpp.version()},
+    load0 = machine.load_now()
+    result: dict = {"threads": llamacpp.threads(), "llama_cpp_python": llamacpp.version(),
                     "subjects": subjects, "questions_per_subject": a.questions, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.models:
@@ -205,12 +218,9 @@ def main() -> None:
                 print(name, "server", r["server"], flush=True)
             result["models"][name] = r
             print(name, "speed", r["speed"], flush=True)
-    result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text + "\n")
-
+    out = a.out or (None if a.quick else machine.RESULTS / "bench_backends.json")
+    doc = machine.write_results(out, result, quick=a.quick, load_start=load0)
+    print(json.dumps(doc, indent=2))
 
 if __name__ == "__main__":
     main()

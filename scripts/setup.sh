@@ -61,7 +61,6 @@ if [ "$need_llama" = 1 ]; then
     CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF}" \
     CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
       "$VENV/bin/python" -m pip wheel --disable-pip-version-check --progress-bar off -q \
-      "$VENV/bin/python" -m pip wheel --disable-pip-version-check --progress-bar off -q \
       --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION"
     echo "llama-cpp-python built in $(( $(date +%s) - t0 )) s; wheel kept in $WHEELS"
   fi

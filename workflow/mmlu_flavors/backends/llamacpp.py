@@ -12,9 +12,12 @@ reach a new input, the longest common prefix with it stays, the rest of the key/
 is dropped (`Llama.n_tokens = prefix`; `eval` removes the cells from there on,
 `kv_cache_seq_rm`) and only the new suffix is evaluated. Questions sharing a few-shot prefix
 run it once; each continuation runs on its question's context and is truncated back. The
-logits rows of the kept prefix are still those of the same tokens. Sliding-window models keep
-their full cache (`swa_full=True`): truncating back into a window that was already pruned
-would be wrong.
+logits rows of the kept prefix are still those of the same tokens. Sliding-window models
+(Gemma 3: llama.cpp's iSWA cache) get no reuse beyond a held prefix: measured with
+llama-cpp-python 0.3.36, evaluating a suffix on top of their cache, truncated back or not,
+gives log-probs of the suffix's second and later tokens up to 0.86 away from one evaluation
+of the whole input in a cleared context (even with the full-size SWA cache, `swa_full=True`),
+so for them every input that is not a prefix of what the context holds is evaluated whole.
 
 Numeric settings that enter the cache identity: `n_ctx`, `n_batch`, `n_ubatch`, `flash_attn`
 (entry fields; defaults below) and the llama-cpp-python version. `n_threads` is the job's
@@ -102,6 +105,9 @@ class Evaluator:
     def __init__(self, llm: Any, stats: Any):
         self.llm, self.stats = llm, stats
         self.n_ctx = int(llm.n_ctx())
+        meta = getattr(llm, "metadata", None) or {}
+        # iSWA models: a suffix evaluated on a held cache is not exact (module docstring)
+        self.append_only = any(k.endswith(".attention.sliding_window") for k in meta)
 
     def logits(self, seq: Sequence[int], first: int) -> np.ndarray:
         """float32 logits at positions `first..len(seq)-1` of input `seq` (a view of
@@ -116,6 +122,12 @@ class Evaluator:
         arr = np.asarray(seq, dtype=np.intc)
         same = np.flatnonzero(llm.input_ids[:m] != arr[:m])
         keep = int(same[0]) if same.size else m  # rows < keep: logits of these same tokens
+        if self.append_only and keep < held:
+            if keep >= n:  # a prefix of what is held: its rows are there, the cache stays whole
+                self.stats.extra["reused_tokens"] = self.stats.extra.get("reused_tokens", 0) + n
+                return llm.scores[first:n]
+        if self.append_only and 0 < keep < n:
+            keep = 0  # would truncate or extend: evaluate the whole input in a cleared context
         if keep < n:
             llm.n_tokens = keep  # eval drops the key/value cells from here on
             llm.eval(arr[keep:].tolist())

@@ -86,8 +86,10 @@ class Client:
         url = self.base + path
         data = None if body is None else json.dumps(body).encode()
         delay = 0.5
+        http = False  # the last failure was an HTTP status (else: no answer at all)
         for attempt in range(self.retries + 1):
             why = ""
+            http = False
             try:
                 req = urllib.request.Request(url, data=data, headers=self.headers,
                                              method="GET" if body is None else "POST")
@@ -99,7 +101,8 @@ class Client:
                 if e.code not in RETRY_STATUS:
                     raise ServerError(f"{_who(self.entry)}: {url} answered HTTP {e.code}: "
                                       f"{detail}") from None
-                why = f"HTTP {e.code}"
+                why = f"HTTP {e.code}: {' '.join(detail.split())[:200]}"
+                http = True
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
                 why = str(getattr(e, "reason", e))
             if attempt < self.retries:
@@ -107,7 +110,8 @@ class Client:
                 log.warning("%s: %s, retrying in %.1f s", url, why, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        raise ServerError(f"{_who(self.entry)}: {url} unreachable after {self.retries + 1} "
+        what = "failed" if http else "unreachable"
+        raise ServerError(f"{_who(self.entry)}: {url} {what} after {self.retries + 1} "
                           f"attempts ({why})")
 
 
