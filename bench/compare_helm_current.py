@@ -69,8 +69,10 @@ def compare(ref: list[dict], cache: pl.DataFrame, tok: list, prompt_rows: list[d
         out["ids_equal"] += list(t.request.context) == r["input_tokens"]
         plain = tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
         out["fits"] += len(plain) + r["max_tokens"] <= r["max_sequence_length"]
-        letter = r["output_mapping"].get(r["completion"].strip())
-        ref_pred = "ABCD".index(letter) if letter else None
+        # HELM's output mapping is letter -> choice text; its prediction is the stripped
+        # completion when that is one of the mapping's letters
+        letter = r["completion"].strip()
+        ref_pred = "ABCD".index(letter) if letter in r["output_mapping"] else None
         same = p["pred"] == ref_pred
         out["pred_equal"] += same
         out["correct_equal"] += bool(p["correct"]) == bool(r["exact_match"])
@@ -102,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                          "device": "cpu"})
     print(f"{a.model_dir}: {FLAVOR} renders as {rendering(get_flavor(FLAVOR), loaded.tokenizer)}")
     bad, failed = [], False
-    for path in a.ref:
-        ref = load_ref(path)
-        k = ref[0]["num_fewshot"]
+    # one file may hold several shot counts (helm_current_local.py --num-fewshot 0 5)
+    runs = [(path, k, [r for r in rows if r["num_fewshot"] == k])
+            for path, rows in ((p, load_ref(p)) for p in a.ref)
+            for k in sorted({r["num_fewshot"] for r in rows})]
+    for path, k, ref in runs:
         cache, tok, prows = ours(loaded, a.mmlu, k, [(r["subject"], r["index"]) for r in ref])
         res = compare(ref, cache, tok, prows, loaded.tokenizer, a.tie)
         n = res["questions"]

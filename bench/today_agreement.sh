@@ -22,12 +22,11 @@ S4="abstract_algebra college_mathematics college_physics us_foreign_policy"
 for m in smollm2-135m-instruct gemma-3-270m; do
   if [ "$WHICH" != lighteval ]; then
     bash bench/setup_helm.sh
-    for k in 0 5; do
-      "$HELM" bench/helm_current_local.py "data/models/$m" "$MMLU" $S4 --num-fewshot $k \
-        --limit "$LIMIT" --out "$OUT/helm_${m}_${k}.jsonl"
-    done
+    # both shot counts in one process (one model load); the comparison splits them
+    "$HELM" bench/helm_current_local.py "data/models/$m" "$MMLU" $S4 --num-fewshot 0 5 \
+      --limit "$LIMIT" --out "$OUT/helm_${m}_05.jsonl"
     "$PY" bench/compare_helm_current.py "data/models/$m" --mmlu "$MMLU" \
-      "$OUT"/helm_${m}_0.jsonl "$OUT"/helm_${m}_5.jsonl --out "$OUT/helm_disagree_${m}.csv"
+      "$OUT/helm_${m}_05.jsonl" --out "$OUT/helm_disagree_${m}.csv"
   fi
   if [ "$WHICH" != helm ]; then
     bash bench/setup_lighteval.sh

@@ -3,8 +3,8 @@
 The first N rows per shot count of a model's reference runs, copied as the package wrote them
 (never edited)::
 
-    python bench/today_golden.py helm smollm2-135m-instruct /tmp/today/helm_smollm2-*_?.jsonl
-    python bench/today_golden.py lighteval gemma-3-270m /tmp/today/le_gemma-3-270m_?.jsonl
+    python bench/today_golden.py helm smollm2-135m-instruct $OUT/helm_smollm2-135m-instruct_05.jsonl
+    python bench/today_golden.py lighteval gemma-3-270m $OUT/le_gemma-3-270m_?.jsonl
 
 helm: rows of bench/helm_current_local.py (crfm-helm 0.5.16) -> today_helm_<model>.jsonl;
 lighteval: rows of bench/lighteval_local.py --chat-template auto (lighteval 0.13) ->

