@@ -27,7 +27,6 @@ QUICK: dict[str, list[str]] = {
     "bench_engine.py": ["--quick", "--json", "{tmp}/engine.json"],
     "bench_explorer.py": ["--quick", "--work", "{tmp}/explorer", "--json", "{tmp}/explorer.json"],
     "gpu_prompts.py": ["--quick", "--out", "{tmp}/prompts.json.gz"],
-    "gpu_check.py": ["--device", "cpu", "--quick", "--out", "{tmp}/gpu_check.json"],
     "gpu_check.sh": ["{tmp}/gpu_check_sh.json", "--device", "cpu", "--quick"],
     "bench_vs_lmeval.py": ["--quick", "--json", "{tmp}/vs_lmeval.json"],
     "compare_lmeval_prompts.py": ["--quick"],
@@ -40,11 +39,13 @@ QUICK: dict[str, list[str]] = {
 }
 # what each quick run must write (a JSON file with the machine's description, where it has one)
 WRITES_MACHINE = {"attribution_cost.py": "attribution_cost.json", "bench_engine.py": "engine.json",
-                  "bench_explorer.py": "explorer.json", "gpu_check.py": "gpu_check.json",
+                  "bench_explorer.py": "explorer.json", "gpu_check.sh": "gpu_check_sh.json",
                   "bench_vs_lmeval.py": "vs_lmeval.json", "bench_dryrun.py": "dryrun.json",
                   "bench_tokenize.py": "tokenize.json", "choice_cost.py": "choice_cost.json"}
 
 EXCLUDED: dict[str, str] = {
+    "gpu_check.py": "gpu_check.sh's quick run execs it (--device cpu --quick), so it runs "
+                    "once, through the wrapper a GPU user starts",
     "helm_local.py": "runs in crfm-helm's own venv (bench/setup_helm.sh); the rows it writes are "
                      "compared by compare_helm_prompts.py, whose --quick runs here",
     "lighteval_local.py": "runs in lighteval's own venv (bench/setup_lighteval.sh); its rows are "

