@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
@@ -75,25 +72,14 @@ def max_delta(x: pl.DataFrame, y: pl.DataFrame) -> float:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def server_overhead(gguf: Path, seqs: list[list[int]], tok, n_ctx: int) -> dict:
     """Seconds per model input: openai_completions (HTTP, llama-cpp-python server) vs the
     in-process llama_cpp evaluator, same inputs, one request in flight."""
     from mmlu_flavors.backends import openai_completions as oc
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
-                             "--logits_all", "true", "--model_alias", "bench",
-                             "--n_threads", str(llamacpp.threads())],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, url = llamacpp.start_server(gguf, "bench", n_ctx)
     try:
-        entry = {"base_url": f"http://127.0.0.1:{port}/v1", "server_model": "bench",
+        entry = {"base_url": url, "server_model": "bench",
                  "revision": "bench", "max_in_flight": 1, "max_retries": 8}
         sess = oc.Session(entry, tok)
         for _ in range(120):

@@ -10,9 +10,6 @@ position when the model adds no BOS, which the client detects instead of scoring
 from __future__ import annotations
 
 import math
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -26,12 +23,6 @@ from test_backend_llama import embedded, need_llama_cpp
 TOL = 1e-4
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=["gemma-3-270m", "smollm2-135m-instruct"])
 def served(request, tmp_path_factory):
     need_llama_cpp()
@@ -40,13 +31,9 @@ def served(request, tmp_path_factory):
 
     entry, path = embedded(request.param, tmp_path_factory.mktemp("gguf"))
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    port = _port()
     log = tmp_path_factory.mktemp("log") / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(path),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-                             "--model_alias", "served", "--n_threads", "2"],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
-    cfg = {"base_url": f"http://127.0.0.1:{port}/v1", "server_model": "served",
+    proc, url = llamacpp.start_server(path, "served", 2048, 2, log.open("w"))
+    cfg = {"base_url": url, "server_model": "served",
            "revision": "test", "max_in_flight": 2, "max_retries": 0}
     sess = oc.Session(cfg, tok)
     for _ in range(240):

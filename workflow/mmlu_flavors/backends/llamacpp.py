@@ -12,12 +12,16 @@ reach a new input, the longest common prefix with it stays, the rest of the key/
 is dropped (`Llama.n_tokens = prefix`; `eval` removes the cells from there on,
 `kv_cache_seq_rm`) and only the new suffix is evaluated. Questions sharing a few-shot prefix
 run it once; each continuation runs on its question's context and is truncated back. The
-logits rows of the kept prefix are still those of the same tokens. Sliding-window models
-(Gemma 3: llama.cpp's iSWA cache) get no reuse beyond a held prefix: measured with
-llama-cpp-python 0.3.36, evaluating a suffix on top of their cache, truncated back or not,
-gives log-probs of the suffix's second and later tokens up to 0.86 away from one evaluation
-of the whole input in a cleared context (even with the full-size SWA cache, `swa_full=True`),
-so for them every input that is not a prefix of what the context holds is evaluated whole.
+logits rows of the kept prefix are still those of the same tokens.
+
+That is exact only where llama.cpp computes a position's logits independently of how many
+tokens are evaluated with it. Measured with llama-cpp-python 0.3.36 on this CPU: SmolLM2's
+Q4_1 file is (bit-identical rows for any split), Gemma 3's Q4_K_M file is not (a position's
+logit moves by 0.43 between evaluating 371 and 372 tokens, 31 and 33; a suffix evaluated on a
+held cache differs by up to 0.86 in log-prob). So at load the backend probes it
+(`shape_independent`: one input evaluated whole, as a prefix and as a suffix on the held
+cache); a model that fails the probe gets no reuse: every model input is evaluated whole, in
+a cleared context, exactly as the oracle does, and only an identical input reuses its rows.
 
 Numeric settings that enter the cache identity: `n_ctx`, `n_batch`, `n_ubatch`, `flash_attn`
 (entry fields; defaults below) and the llama-cpp-python version. `n_threads` is the job's
@@ -99,15 +103,65 @@ def open_llama(path: str | Path, entry: dict[str, Any], n_threads: int | None = 
                            logits_all=True, swa_full=True, verbose=False)
 
 
+PROBE_TOKENS, PROBE_SPLIT = 80, 31  # the probe's input and where it is cut (a 32-row edge)
+
+
+def shape_independent(llm: Any) -> bool:
+    """Does llama.cpp give a position the same logits however the input is split? One
+    pseudo-random input of PROBE_TOKENS ids is evaluated whole, then its first PROBE_SPLIT
+    tokens alone, then the rest on that held cache; every row must equal the whole run's."""
+    rng = np.random.default_rng(0)
+    bos = llm.token_bos()
+    seq = rng.integers(16, int(llm.n_vocab()), PROBE_TOKENS).tolist()
+    if bos is not None and bos >= 0:
+        seq[0] = int(bos)
+    llm.n_tokens = 0
+    llm.eval(seq)
+    whole = np.array(llm.scores[:len(seq)], dtype=np.float32)
+    llm.n_tokens = 0
+    llm.eval(seq[:PROBE_SPLIT])
+    llm.eval(seq[PROBE_SPLIT:])
+    split = np.array(llm.scores[:len(seq)], dtype=np.float32)
+    llm.n_tokens = 0
+    return bool(np.array_equal(whole, split))
+
+
+def start_server(path: str | Path, alias: str, n_ctx: int = 2048, n_threads: int | None = None,
+                 log: Any = None, extra: Sequence[str] = ()) -> tuple[Any, str]:
+    """Serve the GGUF at `path` with llama-cpp-python's own OpenAI-compatible server on a free
+    port of 127.0.0.1, as model id `alias` (what the `openai_completions` backend's tests and
+    bench/bench_backends.py talk to). Returns (the server process, its base URL); the caller
+    waits until it answers and terminates it."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host",
+           "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--model_alias", alias,
+           "--n_threads", str(n_threads or threads()), *extra]
+    out = log if log is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
 class Evaluator:
     """A `Llama` context that reaches each model input from what it already holds."""
 
     def __init__(self, llm: Any, stats: Any):
         self.llm, self.stats = llm, stats
         self.n_ctx = int(llm.n_ctx())
-        meta = getattr(llm, "metadata", None) or {}
-        # iSWA models: a suffix evaluated on a held cache is not exact (module docstring)
-        self.append_only = any(k.endswith(".attention.sliding_window") for k in meta)
+        # a model whose logits depend on the split evaluates every input whole (docstring)
+        whole = getattr(llm, "_mmlu_flavors_whole_inputs", None)
+        if whole is None:
+            whole = not shape_independent(llm)
+            llm._mmlu_flavors_whole_inputs = whole
+            log.info("llama.cpp: %s", "logits depend on how an input is split: every model "
+                     "input is evaluated whole" if whole else "logits independent of the "
+                     "split: key/value cache reused across inputs")
+        self.whole_inputs = whole
 
     def logits(self, seq: Sequence[int], first: int) -> np.ndarray:
         """float32 logits at positions `first..len(seq)-1` of input `seq` (a view of
@@ -122,12 +176,8 @@ class Evaluator:
         arr = np.asarray(seq, dtype=np.intc)
         same = np.flatnonzero(llm.input_ids[:m] != arr[:m])
         keep = int(same[0]) if same.size else m  # rows < keep: logits of these same tokens
-        if self.append_only and keep < held:
-            if keep >= n:  # a prefix of what is held: its rows are there, the cache stays whole
-                self.stats.extra["reused_tokens"] = self.stats.extra.get("reused_tokens", 0) + n
-                return llm.scores[first:n]
-        if self.append_only and 0 < keep < n:
-            keep = 0  # would truncate or extend: evaluate the whole input in a cleared context
+        if self.whole_inputs and not keep == held == n:
+            keep = 0  # not the input just evaluated: evaluate it whole in a cleared context
         if keep < n:
             llm.n_tokens = keep  # eval drops the key/value cells from here on
             llm.eval(arr[keep:].tolist())
@@ -164,11 +214,7 @@ def run_requests(llm: Any, requests: Sequence[Request], letter_ids: Sequence[int
         answer = _answer(_log_softmax(ev.logits(ctx_in, len(ctx_in) - 1))[0], letter_ids)
         if trunc:
             stats.naive_fallbacks += 1
-        gen = [answer["greedy_id"]] if r.generate > 0 else []
-        while 0 < len(gen) < r.generate:
-            inp = (ctx + gen)[-r.max_length:]
-            gen.append(int(np.argmax(ev.logits(inp, len(inp) - 1)[0])))
-        scores = []
+        scores = []  # continuations before generation: a 1-token one's input is the context
         for cont in r.continuations:
             if not cont:
                 scores.append(([], [], 0.0))
@@ -179,6 +225,10 @@ def run_requests(llm: Any, requests: Sequence[Request], letter_ids: Sequence[int
             inp = (ctx + list(cont))[-(r.max_length + 1):][:-1]
             lp = _log_softmax(ev.logits(inp, len(inp) - len(cont)))
             scores.append(_score(lp, cont))
+        gen = [answer["greedy_id"]] if r.generate > 0 else []
+        while 0 < len(gen) < r.generate:
+            inp = (ctx + gen)[-r.max_length:]
+            gen.append(int(np.argmax(ev.logits(inp, len(inp) - 1)[0])))
         out.append(_result(answer, scores, gen))
     stats.prompts += len(requests)
     stats.seconds += time.perf_counter() - t0
