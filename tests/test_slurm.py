@@ -48,12 +48,16 @@ STOP = REPO / "ci" / "slurm" / "stop.sh"
 SLURM_PROFILE = REPO / "profiles" / "slurm"
 PLUGIN_PIN = "snakemake-executor-plugin-slurm==2.8.0"
 
+# `python -m snakemake` with the plugin's status-check back-off capped at 2 s
+# (tests/slurm_snakemake.py): the plugin adds 10 s to its interval after every check in which
+# no job finished (up to 180 s), so without the cap a job that runs for minutes is seen up to
+# a minute after it ended, and these tests wait for many such jobs.
+SNAKEMAKE = [sys.executable, str(Path(__file__).with_name("slurm_snakemake.py"))]
+
 # Flags that make the plugin usable/fast on the CI cluster (no slurmdbd):
 #  * status via `squeue` (sacct needs accounting storage, which we do not run);
 #    start.sh sets MinJobAge=3600 so finished jobs stay visible to squeue.
-#  * first status check after 1 s.  NOTE: the plugin adds 10 s to the interval
-#    after every check in which no job finished (capped at 180 s), so a short
-#    job is seen after ~12 s; longer init values are not faster.
+#  * first status check after 1 s (then every 2 s at most: SNAKEMAKE above).
 CI_SLURM_ARGS = [
     "--slurm-status-command", "squeue",
     "--slurm-init-seconds-before-status-checks", "1",
@@ -141,7 +145,7 @@ def run_workflow_via_slurm(
 ):
     """Run snakemake via SLURM. Returns CompletedProcess (or Popen if background)."""
     cmd = [
-        sys.executable, "-m", "snakemake",
+        *SNAKEMAKE,
         "--profile", str(SLURM_PROFILE),
         *CI_SLURM_ARGS,
         "--jobs", "4",
@@ -288,7 +292,7 @@ REAL_FLAVORS = ["original", "harness_e47e01b"]
 def real_slurm(workdir: Path, *args: str, background: bool = False, timeout: float = 900):
     """The real Snakefile in `workdir` (config.yaml there) via SLURM, like workflow_fixture."""
     env = {**_clean_env(), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+    cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
            "--profile", str(SLURM_PROFILE), *CI_SLURM_ARGS, "--jobs", "4", *args]
     kw = dict(cwd=str(workdir), env=env, text=True, stdout=subprocess.PIPE,
@@ -745,9 +749,10 @@ def test_time_limit_kill_is_retried_with_a_larger_limit(slurm_cluster, slower_mo
 
 def test_requeued_job_reuses_its_checkpoints(slurm_cluster, tiny_model_dir, tmp_path):
     """Preemption with `--slurm-requeue` (sbatch --requeue), simulated by `scontrol requeue`
-    inside a checkpoint: SLURM kills the job and runs it again under the same job id (after
-    its ~2-minute requeue delay); Snakemake keeps waiting for it, submits nothing else and
-    uses no retry; the requeued run reuses every question flushed before the requeue."""
+    inside a checkpoint: SLURM kills the job and runs it again under the same job id (its
+    ~2-minute requeue delay cut short with `scontrol update StartTime=now`); Snakemake keeps
+    waiting for it, submits nothing else and uses no retry; the requeued run reuses every
+    question flushed before the requeue."""
     n, every = 48, 4
     write_config(tmp_path, tiny_model_dir, ["high_school_european_history"], n,
                  flavors=["harness_e47e01b"], checkpoint_questions=every, checkpoint_seconds=0)
@@ -764,8 +769,18 @@ def test_requeued_job_reuses_its_checkpoints(slurm_cluster, tiny_model_dir, tmp_
             assert time.monotonic() < deadline, "no checkpoint written"
             time.sleep(0.05)
         subprocess.run(["scontrol", "requeue", jobid], check=True)
-        while _job(jobid)["JobState"] == "RUNNING":   # killed and back in the queue
+        while True:   # killed (REQUEUED, COMPLETING) and back in the queue (PENDING)
+            job = _job(jobid)
+            if job["JobState"] == "PENDING" or (job["Restarts"] != "0" and job["JobState"]
+                                                in ("RUNNING", "COMPLETED")):
+                break
+            assert time.monotonic() < deadline + 120, job
             time.sleep(0.2)
+        if job["JobState"] == "PENDING":
+            # SLURM holds a requeued job ~2 minutes (reason BeginTime); let it start now, as
+            # an operator would (the job id, its state and Restarts stay SLURM's)
+            subprocess.run(["scontrol", "update", f"JobId={jobid}", "StartTime=now"],
+                           check=True)
         flushed = _store_questions(tmp_path)
         out, _ = p.communicate(timeout=900)
     finally:
