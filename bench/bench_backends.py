@@ -99,7 +99,7 @@ def server_overhead(gguf: Path, seqs: list[list[int]], tok, n_ctx: int) -> dict:
     ev = llamacpp.Evaluator(llm, engine.EngineStats())
     t = time.perf_counter()
     for s in seqs:
-        llm.reset()  # the server, too, evaluated each (unrelated) input in full
+        llm.n_tokens = 0  # each input evaluated in full, in a cleared context
         ev.logits(s, len(s) - 1)
     local = (time.perf_counter() - t) / len(seqs)
     llm.close()
@@ -173,7 +173,6 @@ def run_model(name: str, entry: dict, questions, subjects, n, workdir: Path) -> 
         out["speed"]["llama_cpp"]["wall_s"] / out["speed"]["transformers"]["wall_s"], 3)
     llm.close()
     out["_gguf"], out["_tok"] = gguf, tok
-    out["_seqs"] = [list(r.context) for r in reqs][:8]
     return out
 
 
@@ -198,9 +197,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.models:
             r = run_model(name, registry[name], questions, subjects, a.questions, Path(tmp))
-            gguf, tok, seqs = r.pop("_gguf"), r.pop("_tok"), r.pop("_seqs")
+            gguf, tok = r.pop("_gguf"), r.pop("_tok")
             if a.server:
-                r["server"] = server_overhead(gguf, seqs, tok, 2048)
+                # zero-shot `original` prompts: llama-cpp-python's server sorts the whole
+                # vocabulary in Python for each echoed position (minutes for a 5-shot Gemma
+                # prompt), and answers HTTP 500 to echo on a prompt without BOS (SmolLM2)
+                rows = build_prompts(questions, "original", num_fewshot=0, subjects=subjects,
+                                     questions_per_subject=2).to_dicts()
+                seqs = [list(tokenize_row(x, tok, 2048).request.context) for x in rows]
+                if tok.bos_token_id is not None and seqs[0][0] == tok.bos_token_id:
+                    r["server"] = server_overhead(gguf, seqs, tok, 2048)
+                else:
+                    r["server"] = {"skipped": "llama-cpp-python's server answers HTTP 500 to "
+                                              "echo on prompts without BOS"}
                 print(name, "server", r["server"], flush=True)
             result["models"][name] = r
             print(name, "speed", r["speed"], flush=True)

@@ -36,6 +36,7 @@ class Server:
         self.faults: list[int] = []  # HTTP statuses to answer before serving normally
         self.fail_after: int | None = None  # answer 400 after this many completions
         self.no_logprobs = False
+        self.text_only = False  # answer token-id prompts as llama-cpp-python 0.3.36 does
         self.completions = 0
         self.lock = threading.Lock()
         outer = self
@@ -57,6 +58,10 @@ class Server:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if outer.text_only and not isinstance(body["prompt"], str):
+                    return self._send(500, {"error": {"message": "2 validation errors:\n {'type':"
+                                            " 'string_type', 'loc': ('body', 'prompt', 'str'), "
+                                            "'msg': 'Input should be a valid string'}"}})
                 with outer.lock:
                     if outer.faults:
                         return self._send(outer.faults.pop(0), {"error": "busy"})
@@ -196,3 +201,24 @@ def test_no_revision_refuses_to_cache(tiny, server, questions, tmp_path) -> None
         cache.compute_view(prompts, "tiny", e, None, "original", SUBJECTS[:1], 1,
                            tmp_path / "v.parquet", tmp_path / "store", progress=False)
     assert server.completions == 0
+
+
+def test_text_only_server_found_at_once_and_an_input_without_bos_refused(tiny, server) -> None:
+    """A server that answers a token-id prompt with HTTP 500 and its validation errors
+    (llama-cpp-python) is a text-only server: found on the first request, not retried. It puts
+    its BOS before a text, so a model input without one (a flavor that adds no special tokens,
+    on a model whose tokenizer does) is refused rather than scored as another input."""
+    server.text_only = True
+
+    class BosTokenizer:  # puts BOS 1 before a text, as the server's own tokenizer does
+        bos_token_id = 1
+
+        def __call__(self, text):
+            return type("Encoding", (), {"input_ids": [1, 7]})()
+
+    sess = oc.Session(_entry(tiny, server, max_retries=4), BosTokenizer())
+    with pytest.raises(oc.ServerError, match="has no BOS.*token-id prompts"):
+        sess.score([5, 6, 7])
+    assert sess.as_ids is False and sess.client.retried == 0
+    assert oc._refuses_ids(500, "2 validation errors: Input should be a valid string")
+    assert not oc._refuses_ids(503, "busy") and not oc._refuses_ids(500, "busy")

@@ -82,7 +82,11 @@ class Client:
         self.requests = 0
         self.retried = 0
 
-    def call(self, path: str, body: dict[str, Any] | None = None) -> Any:
+    def call(self, path: str, body: dict[str, Any] | None = None,
+             final: Any = None) -> Any:
+        """POST `body` (GET without one) and return the JSON answer. Retries RETRY_STATUS
+        answers and timeouts with backoff, except an HTTP answer for which `final(code,
+        detail)` is true (e.g. a server that cannot take the request at all)."""
         url = self.base + path
         data = None if body is None else json.dumps(body).encode()
         delay = 0.5
@@ -98,7 +102,7 @@ class Client:
                     return json.loads(resp.read())
             except urllib.error.HTTPError as e:
                 detail = e.read()[:300].decode(errors="replace")
-                if e.code not in RETRY_STATUS:
+                if e.code not in RETRY_STATUS or (final is not None and final(e.code, detail)):
                     raise ServerError(f"{_who(self.entry)}: {url} answered HTTP {e.code}: "
                                       f"{detail}") from None
                 why = f"HTTP {e.code}: {' '.join(detail.split())[:200]}"
@@ -113,6 +117,13 @@ class Client:
         what = "failed" if http else "unreachable"
         raise ServerError(f"{_who(self.entry)}: {url} {what} after {self.retries + 1} "
                           f"attempts ({why})")
+
+
+def _refuses_ids(code: int, detail: str) -> bool:
+    """Is this HTTP error a server saying that a prompt must be text? (llama-cpp-python
+    0.3.36 answers a token-id prompt with HTTP 500 and its request validation errors:
+    "Input should be a valid string".)"""
+    return code == 500 and "validation error" in detail and "valid string" in detail
 
 
 def _vocab_map(tokenizer: Any) -> dict[str, int]:
@@ -132,6 +143,7 @@ class Session:
         self.model = str(entry["server_model"])
         self.in_flight = int(entry.get("max_in_flight", DEFAULTS["max_in_flight"]))
         self.as_ids: bool | None = None  # decided by the first request
+        self._bos: bool | None = None
         self._vocab: dict[str, int] | None = None
 
     def check_model(self) -> None:
@@ -156,6 +168,13 @@ class Session:
                 "max_tokens": 1, "temperature": 0.0, "top_p": 1.0, "seed": 0,
                 "return_tokens_as_token_ids": True}
 
+    def _adds_bos(self) -> bool:
+        """Does this model's tokenizer put a BOS before a text (as a text-only server does)?"""
+        if self._bos is None:
+            bos = getattr(self.tokenizer, "bos_token_id", None)
+            self._bos = bos is not None and self.tokenizer("a").input_ids[:1] == [bos]
+        return self._bos
+
     def score(self, seq: Sequence[int]) -> dict[str, Any]:
         """Echoed log-probs of `seq` (one per token; None where the server gives none) and
         the top log-probs after it: {"token_logprobs", "top_logprobs" (per token),
@@ -164,10 +183,11 @@ class Session:
         sent, strip = seq, False
         if self.as_ids is not False:
             try:
-                out = self.client.call("/completions", self._body(seq))
+                out = self.client.call("/completions", self._body(seq),
+                                       final=None if self.as_ids else _refuses_ids)
                 self.as_ids = True
             except ServerError as e:
-                if self.as_ids or "HTTP 4" not in str(e):
+                if self.as_ids or not ("HTTP 4" in str(e) or _refuses_ids(500, str(e))):
                     raise
                 self.as_ids = False  # a text-only server (llama-cpp-python)
                 log.info("%s takes no token-id prompts: sending decoded text", _who(self.entry))
@@ -175,6 +195,12 @@ class Session:
             # a text prompt gets the server's BOS: send ours as that one
             bos = getattr(self.tokenizer, "bos_token_id", None)
             strip = bos is not None and len(seq) > 1 and seq[0] == bos
+            if not strip and self._adds_bos():
+                raise ServerError(f"{_who(self.entry)} takes text prompts only and puts its BOS "
+                                  "before each, but this model input has no BOS (the flavor "
+                                  "adds no special tokens): its scores would be those of "
+                                  "another input; use a server that takes token-id prompts "
+                                  "(vLLM, SGLang)")
             sent = seq[1:] if strip else seq
             out = self.client.call("/completions", self._body(
                 self.tokenizer.decode(sent, skip_special_tokens=False)))
