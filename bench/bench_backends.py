@@ -82,12 +82,7 @@ def server_overhead(gguf: Path, seqs: list[list[int]], tok, n_ctx: int) -> dict:
         entry = {"base_url": url, "server_model": "bench",
                  "revision": "bench", "max_in_flight": 1, "max_retries": 8}
         sess = oc.Session(entry, tok)
-        for _ in range(120):
-            try:
-                sess.check_model()
-                break
-            except oc.ServerError:
-                time.sleep(0.5)
+        sess.wait_ready(60, proc)
         t = time.perf_counter()
         for s in seqs:
             sess.score(s)

@@ -10,7 +10,6 @@ position when the model adds no BOS, which the client detects instead of scoring
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 
@@ -37,14 +36,11 @@ def served(request, tmp_path_factory):
     cfg = {"base_url": url, "server_model": "served",
            "revision": "test", "max_in_flight": 2, "max_retries": 0, "request_timeout": 300}
     sess = oc.Session(cfg, tok)
-    for _ in range(240):
-        try:
-            sess.check_model()
-            break
-        except oc.ServerError:
-            if proc.poll() is not None:
-                pytest.fail(f"llama-cpp-python server exited: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
+    try:
+        sess.wait_ready(120, proc)
+    except oc.ServerError as e:
+        proc.terminate()
+        pytest.fail(f"llama-cpp-python server not ready ({e}): {log.read_text()[-2000:]}")
     try:
         yield request.param, entry, path, tok, sess
     finally:

@@ -159,6 +159,10 @@ def test_server_faults_are_one_clear_line(tiny, server, questions) -> None:
                   request_timeout=2)
     with pytest.raises(oc.ServerError, match="unreachable after 2 attempts"):
         oc.Session(dead, loaded.tokenizer).check_model()
+    # waiting for a server that never comes: the last failure once time is up
+    with pytest.raises(oc.ServerError, match="unreachable after 1 attempts"):
+        oc.Session({**dead, "max_retries": 0}, loaded.tokenizer).wait_ready(1.0)
+    oc.Session(_entry(tiny, server), loaded.tokenizer).wait_ready(1.0)  # the live one: at once
 
 
 def test_failed_job_caches_nothing_then_resumes(tiny, server, questions, tmp_path) -> None:

@@ -168,6 +168,21 @@ class Session:
                 "max_tokens": 1, "temperature": 0.0, "top_p": 1.0, "seed": 0,
                 "return_tokens_as_token_ids": True}
 
+    def wait_ready(self, seconds: float = 120.0, proc: Any = None) -> None:
+        """Wait until the server lists its models (`check_model`), e.g. one just started;
+        ServerError when `proc` (its process, if we started it) exits or time runs out."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                return self.check_model()
+            except ServerError:
+                if proc is not None and proc.poll() is not None:
+                    raise ServerError(f"{_who(self.entry)}: the server process exited "
+                                      f"(code {proc.returncode})") from None
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
     def _adds_bos(self) -> bool:
         """Does this model's tokenizer put a BOS before a text (as a text-only server does)?"""
         if self._bos is None:
