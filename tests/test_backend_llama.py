@@ -17,13 +17,12 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-import yaml
 
+import embedded_models
 from mmlu_flavors import engine, models
 from mmlu_flavors.backends import llamacpp
 from mmlu_flavors.prompts import build_prompts
 from mmlu_flavors.tokenize import letter_ids, tokenize_row
-from workflow_fixture import ROOT
 
 FLAVORS = ["original", "helm", "harness_e47e01b", "harness_current"]
 SUBJECT = "high_school_geography"
@@ -41,7 +40,7 @@ def need_llama_cpp() -> None:
 
 def embedded(name: str, workdir) -> tuple[dict, object]:
     """A config.yaml model entry and its GGUF file (shipped, or assembled into workdir)."""
-    entry = yaml.safe_load((ROOT / "config.yaml").read_text())["model_registry"][name]
+    entry = embedded_models.entry(name)
     return entry, models.resolve_gguf(entry, workdir, name)
 
 
