@@ -5,7 +5,8 @@
 #   crfm-helm 0.5.16 (bench/setup_helm.sh):     bench/helm_current_local.py -> compare_helm_current.py
 #   lighteval 0.13 (bench/setup_lighteval.sh):  bench/lighteval_local.py --chat-template auto
 #                                               -> compare_lighteval.py --flavor lighteval_current
-# Usage: bench/today_agreement.sh [OUT_DIR] [helm|lighteval|all]   (default /tmp/today_agreement all)
+#   inspect_evals 0.26 (bench/setup_inspect.sh): bench/inspect_local.py -> compare_inspect.py
+# Usage: bench/today_agreement.sh [OUT_DIR] [helm|lighteval|inspect|all]   (default /tmp/today_agreement all)
 # Needs the converted models in data/models/ (snakemake data/models/<model>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ OUT=${1:-/tmp/today_agreement}
 WHICH=${2:-all}
 HELM=${HELM_VENV:-$HOME/.cache/mmlu-flavors/venvs/helm}/bin/python
 LE=${LIGHTEVAL_VENV:-$HOME/.cache/mmlu-flavors/venvs/lighteval}/bin/python
+INSPECT=${INSPECT_VENV:-$HOME/.cache/mmlu-flavors/venvs/inspect}/bin/python
 PY=${PYTHON:-.venv/bin/python}
 MMLU=${MMLU_DIR:-resources/mmlu}
 LIMIT=${LIMIT:-25}
@@ -20,7 +22,7 @@ export PYTHONPATH=$PWD/workflow
 mkdir -p "$OUT"
 S4="abstract_algebra college_mathematics college_physics us_foreign_policy"
 for m in smollm2-135m-instruct gemma-3-270m; do
-  if [ "$WHICH" != lighteval ]; then
+  if [ "$WHICH" = all ] || [ "$WHICH" = helm ]; then
     bash bench/setup_helm.sh
     # both shot counts in one process (one model load); the comparison splits them
     "$HELM" bench/helm_current_local.py "data/models/$m" "$MMLU" $S4 --num-fewshot 0 5 \
@@ -28,7 +30,14 @@ for m in smollm2-135m-instruct gemma-3-270m; do
     "$PY" bench/compare_helm_current.py "data/models/$m" --mmlu "$MMLU" \
       "$OUT/helm_${m}_05.jsonl" --out "$OUT/helm_disagree_${m}.csv"
   fi
-  if [ "$WHICH" != helm ]; then
+  if [ "$WHICH" = all ] || [ "$WHICH" = inspect ]; then
+    bash bench/setup_inspect.sh
+    "$INSPECT" bench/inspect_local.py "data/models/$m" "$MMLU" $S4 --num-fewshot 0 5 \
+      --limit "$LIMIT" --out "$OUT/inspect_${m}_05.jsonl"
+    "$PY" bench/compare_inspect.py "data/models/$m" --mmlu "$MMLU" \
+      "$OUT/inspect_${m}_05.jsonl" --out "$OUT/inspect_disagree_${m}.csv"
+  fi
+  if [ "$WHICH" = all ] || [ "$WHICH" = lighteval ]; then
     bash bench/setup_lighteval.sh
     for k in 0 5; do
       "$LE" bench/lighteval_local.py "data/models/$m" "$MMLU" $S4 --task mmlu --num-fewshot $k \

@@ -8,7 +8,8 @@ The first N rows per shot count of a model's reference runs, copied as the packa
 
 helm: rows of bench/helm_current_local.py (crfm-helm 0.5.16) -> today_helm_<model>.jsonl;
 lighteval: rows of bench/lighteval_local.py --chat-template auto (lighteval 0.13) ->
-today_lighteval_<model>.jsonl. tests/golden/README.md lists the commands that made them.
+today_lighteval_<model>.jsonl; inspect: rows of bench/inspect_local.py (inspect_evals 0.26) ->
+today_inspect_<model>.jsonl (scored samples only). tests/golden/README.md lists the commands that made them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def select(paths: list[str], model: str, n: int = ROWS) -> list[dict]:
             if not line.strip():
                 continue
             r = json.loads(line)
+            if "index" not in r:  # a failed run's summary line (bench/inspect_local.py)
+                continue
             k = r["num_fewshot"]
             if seen.get(k, 0) < n:
                 seen[k] = seen.get(k, 0) + 1
@@ -38,7 +41,7 @@ def select(paths: list[str], model: str, n: int = ROWS) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("tool", choices=("helm", "lighteval"))
+    p.add_argument("tool", choices=("helm", "lighteval", "inspect"))
     p.add_argument("model")
     p.add_argument("jsonl", nargs="+")
     p.add_argument("--rows", type=int, default=ROWS)

@@ -72,7 +72,12 @@ EXCLUDED: dict[str, str] = {
                              "compared by compare_helm_current.py",
     "compare_helm_current.py": "needs a converted real model and HELM's recorded rows for it "
                                "(no golden rows for helm_current are shipped yet)",
-    "today_agreement.sh": "drives the crfm-helm and lighteval venvs (the scripts above)",
+    "inspect_local.py": "runs in inspect_evals' own venv (bench/setup_inspect.sh); its rows are "
+                        "compared by compare_inspect.py and shipped as tests/golden/today_inspect_*",
+    "compare_inspect.py": "needs a converted real model and inspect_evals' recorded rows for it "
+                          "(tests/test_today_golden.py checks the shipped golden rows)",
+    "setup_inspect.sh": "creates a peer venv from PyPI (network, minutes)",
+    "today_agreement.sh": "drives the crfm-helm, lighteval and inspect_evals venvs (the scripts above)",
     "today_golden.py": "its input is what today_agreement.sh records in the peers' venvs",
     "full_scale.py": "a whole Snakemake run stage by stage (its --quick takes minutes: the "
                      "workflow's own tests, tests/test_workflow.py, run the same rules)",

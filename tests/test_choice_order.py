@@ -84,9 +84,11 @@ def test_gold_and_continuations_follow_the_text(questions, registry, flavor, ord
         # each shown letter's line holds its shown text (lighteval_mcf capitalizes; the cloze
         # flavor shows no choices)
         for j, letter in enumerate(LETTERS):
-            line = f"{letter}. {F.capitalized(m['choices'][j])}" if "capitalized" in \
-                fl.spec["example"] else f"{letter}. {m['choices'][j]}"
-            if "{A" in fl.spec["example"]:
+            # the example template's own line for this letter ("A. {A}", "A) {A}", ...),
+            # filled with the shown question
+            tmpl = [ln for ln in fl.spec["example"].split("\n") if "{" + letter in ln]
+            if tmpl:
+                line = tmpl[0].format_map(F.example_vars(q))
                 assert line in m["test_block"]
     if fl.generate or fl.scorer in ("greedy_token", "greedy_em"):
         # generative scorers compare the generated letter with the shown gold's letter

@@ -1,4 +1,4 @@
-"""helm_current and lighteval_current: today's tools as they run an instruct model by default.
+"""helm_current, lighteval_current and inspect_mmlu: today's tools as they run an instruct model by default.
 
 Both render through the tokenizer's chat template when it has one and are their plain
 flavor exactly otherwise (`chat: helm_user_auto`, `chat: lighteval_auto`). Checked here with
@@ -105,6 +105,69 @@ def test_lighteval_current_renders_shots_as_turns(questions):
                 msgs, tokenize=False, add_generation_prompt=True)
             assert t.request.context == tok(t.prompt)["input_ids"]
             assert t.request.generate == 5
+
+
+INSPECT_USER = ("Answer the following multiple choice question. The entire content of your "
+                 "response should be of the following format: 'ANSWER: $LETTER' (without "
+                 "quotes) where LETTER is one of {letters}.\n\n{q}\n\n{choices}")
+
+
+def _inspect_user(question: str, choices: list[str], lower: bool) -> str:
+    marks = [f"({L.lower()})" if lower else f"{L})" for L in "ABCD"]
+    return INSPECT_USER.format(letters="a,b,c,d" if lower else "A,B,C,D", q=question,
+                               choices="\n".join(f"{m} {c}" for m, c in zip(marks, choices)))
+
+
+def _split_rows(questions, subject: str, split: str) -> list[dict]:
+    return (questions.filter((pl.col("subject") == subject) & (pl.col("split") == split))
+            .sort("index").to_dicts())
+
+
+@pytest.mark.parametrize("k", [0, 5])
+def test_inspect_mmlu_builds_inspect_evals_conversation(questions, k):
+    """mmlu_5_shot: a system line naming the raw subject, every dev row as a user turn with
+    lower-case (a)-(d) and an assistant "Answer: X", the test question with A)-D); mmlu_0_shot:
+    the test question alone. Without a template it is the provider's `role: content` lines,
+    the prompt row's text; with one, the template over the same messages."""
+    chat_tok, plain_tok = bytelevel_chat(questions), sentencepiece_bos(questions)
+    fl = get_flavor("inspect_mmlu")
+    for row in _rows(questions, "inspect_mmlu", k, 2):
+        subject = row["subject"]
+        test = next(r for r in _split_rows(questions, subject, "test") if r["index"] == row["index"])
+        msgs = []
+        if k:
+            msgs.append(("system", f"The following are multiple choice questions about {subject}."))
+            for d in _split_rows(questions, subject, "dev")[:k]:
+                msgs += [("user", _inspect_user(d["question"], d["choices"], True)),
+                         ("assistant", f"Answer: {'ABCD'[d['answer']]}")]
+        msgs.append(("user", _inspect_user(test["question"], test["choices"], False)))
+        assert row["prompt"] == "".join(f"{r}: {c}\n" for r, c in msgs)
+        plain = tokenize_row(row, plain_tok, 4096)
+        assert not plain.chat and plain.prompt == row["prompt"]
+        assert plain.request.context == plain_tok(row["prompt"])["input_ids"]  # BOS kept
+        assert rendering(fl, plain_tok).startswith("plain text")
+        t = tokenize_row(row, chat_tok, 4096)
+        want = chat_tok.apply_chat_template([{"role": r, "content": c} for r, c in msgs],
+                                            tokenize=False, add_generation_prompt=True)
+        assert t.chat and t.prompt == want and t.request.context == chat_tok(want)["input_ids"]
+        assert t.request.generate == plain.request.generate == 16
+        # the system message comes from the conversation, not the template's default
+        assert ("You are a helpful AI assistant" in t.prompt) == (k == 0)
+
+
+@pytest.mark.parametrize("text,pred", [
+    ("ANSWER: B", 1), ("answer: c.", 2), ("ANSWER: $D$", 3), ("ANSWER: **A**", 0),
+    ("ANSWER: (B)", 1), ("I think\nANSWER: A\nANSWER: C", 2), ("so the ANSWER: D. Done", 3), ("ANSWER: D is right", None),
+    ("ANSWER: A,", 0), ("ANSWER: A, B", None), ("ANSWER: E", None), ("B", None), ("", None),
+    (None, None), ("Answer: B<|im_end|>", 1), ("ANSWER:B", 1), ("ANSWER: AB", None),
+])
+def test_inspect_choice_parses_the_last_answer_line(text, pred):
+    """inspect_ai's parse_answers for one answer: unwrap $X$, **X**, (X); the strict per-line
+    "ANSWER: X" first, else anywhere; the last match, upper-cased, must be one letter A-D."""
+    got = predictions(make_cache([cache_row(index=0, gold=1, gen_text=text)]),
+                      ["inspect_choice"])
+    assert got["pred"].to_list() == [pred]
+    assert got["correct"].to_list() == [pred == 1]
 
 
 def test_greedy_em_cuts_at_newline_only_on_plain_prompts():

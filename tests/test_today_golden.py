@@ -1,11 +1,14 @@
-"""helm_current and lighteval_current against rows the real packages produced on the embedded
+"""helm_current, lighteval_current and inspect_mmlu against rows the real packages produced on the embedded
 models (tests/golden/today_<tool>_<model>.jsonl; tests/golden/README.md says how):
 
 * crfm-helm 0.5.16 (bench/helm_current_local.py): its adapted prompt, the text its
   HuggingFaceClient sent (chat-wrapped for SmolLM2, unchanged for Gemma), the ids its server
   tokenized, its completion and exact_match;
 * lighteval 0.13 (bench/lighteval_local.py --chat-template auto): the prompt its PromptManager
-  rendered, the ids it fed, its generation and exact match.
+  rendered, the ids it fed, its generation and exact match;
+* inspect_evals 0.26 (bench/inspect_local.py, inspect_ai's hf provider with do_sample=false):
+  the text its provider built (chat template for SmolLM2, `role: content` lines for Gemma), its
+  ids, its completion, the parsed answer and C/I.
 
 Prompt text and ids are checked on every golden row (tokenizer only); the model runs on the
 first PREDICTED rows per shot count, once loaded per session. The full agreement (100
@@ -25,7 +28,8 @@ from test_lighteval import _model_dir
 
 GOLDEN = Path(__file__).with_name("golden")
 MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
-TOOLS = {"helm": "helm_current", "lighteval": "lighteval_current"}
+TOOLS = {"helm": "helm_current", "lighteval": "lighteval_current", "inspect": "inspect_mmlu"}
+SCORER = {"helm": "greedy_token", "lighteval": "greedy_em", "inspect": "inspect_choice"}
 
 
 def _golden(tool: str, slug: str) -> list[dict]:
@@ -47,6 +51,8 @@ def _theirs(tool: str, r: dict, chat: bool) -> int | None:
     if tool == "helm":  # its output mapping: letter -> choice text
         letter = r["completion"].strip()
         letter = letter if letter in r["output_mapping"] else None
+    elif tool == "inspect":  # its choice() scorer's parsed answer ("" when none)
+        letter = r["answer"]
     else:
         letter = (r["text"][0] if chat else r["text"][0].split("\n")[0]).strip()
     return "ABCD".index(letter) if letter in ("A", "B", "C", "D") else None
@@ -91,19 +97,22 @@ def test_today_flavors_agree_with_the_packages(tool, slug, questions, tmp_path_f
                 assert r["apply_chat_template"] == chat, where
                 assert p["prompt"] == r["prompt"], where  # the adapter's plain prompt
                 assert t.prompt == r["client_prompt"], where  # what the client sent
-            else:
+            elif tool == "lighteval":
                 assert t.prompt == r["prompt"], where
                 assert list(p["shot_rows"]) == r["fewshot_index"], where
+            else:
+                assert t.prompt == r["prompt"], where  # what its provider's hf_chat built
             assert list(t.request.context) == r["input_tokens"], where
         # the model on the first rows only (CI time); the full agreement: bench/today_agreement.sh
         group, rows, tok = group[:PREDICTED], rows[:PREDICTED], tok[:PREDICTED]
         res = run_fast(lm.model, [t.request for t in tok], letters, progress=False)
         cache = rows_from_results(slug, rows, tok, res, letters, lm.tokenizer)
-        scorer = "greedy_token" if tool == "helm" else "greedy_em"
+        scorer = SCORER[tool]
         pred = {(x["subject"], x["index"]): x for x in predictions(cache, [scorer]).to_dicts()}
         for r in group:
             where = f"{tool} {slug} {k}-shot {r['subject']}/{r['index']}"
             o = pred[(r["subject"], r["index"])]
             assert o["pred"] == _theirs(tool, r, chat), where
-            em = r["exact_match"] if tool == "helm" else r["metrics"]["em"]
+            em = {"helm": lambda: r["exact_match"], "lighteval": lambda: r["metrics"]["em"],
+                  "inspect": lambda: r["value"] == "C"}[tool]()
             assert o["correct"] == bool(em), where

@@ -88,8 +88,9 @@ def _keys(group: str) -> list[str]:
 
 
 def levels(spec: Mapping[str, Any]) -> dict[str, str]:
-    """A flavor definition's level of every prompt factor (canonical JSON of its keys)."""
-    return {g: json.dumps({k: spec[k] for k in _keys(g)}, sort_keys=True)
+    """A flavor definition's level of every prompt factor (canonical JSON of its keys; an
+    optional key the definition leaves out, such as `shot_example`, is left out)."""
+    return {g: json.dumps({k: spec[k] for k in _keys(g) if k in spec}, sort_keys=True)
             for g in PROMPT_FACTORS}
 
 

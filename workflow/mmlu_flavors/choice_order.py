@@ -86,7 +86,7 @@ def study_flavors(flavors: Sequence[str], mode: str | None) -> dict[str, dict]:
 _SCORE_COLUMNS: dict[str, str | None] = {
     "letter_argmax": "letter_logprobs", "loglik_letter": "letter_cont_sum",
     "loglik_acc": "text_cont_sum", "loglik_acc_norm": "text_cont_sum/choice_chars",
-    "greedy_token": None, "greedy_em": None,
+    "greedy_token": None, "greedy_em": None, "inspect_choice": None,
 }
 
 

@@ -96,6 +96,24 @@ def shots_first_k(test: Sequence[Q], pool: Sequence[Q], k: int, seed: int = 0) -
     return [first for _ in test]
 
 
+def shots_first_k_distinct(test: Sequence[Q], pool: Sequence[Q], k: int,
+                           seed: int = 0) -> list[list[int]]:
+    """The first k rows of the pool in file order, a row that repeats an earlier row's
+    question and choices left out: inspect_evals 0.26 de-duplicates the dev split by
+    `create_stable_id(question, choices)` (`filter_duplicate_ids`, first occurrence kept) before
+    its 5-shot prompt takes every dev row of the subject (college_physics' dev row 3 repeats row
+    0, so that subject gets 4 shots). inspect drops repeats over all subjects at once; on MMLU
+    the only repeated dev row is that one, inside its subject."""
+    seen: set[tuple] = set()
+    first: list[int] = []
+    for i, q in enumerate(pool):
+        key = (q.question, q.choices)
+        if key not in seen and len(first) < k:
+            first.append(i)
+        seen.add(key)
+    return [first for _ in test]
+
+
 def balanced_draw(pool: Sequence[Q], n: int, label: Callable[[Q], str],
                   seed: int = 0) -> list[int]:
     """HELM cab5d89 `sample_examples` (lighteval copies it): a label-balanced draw of `n`
@@ -198,6 +216,7 @@ def shots_lighteval_balanced(test: Sequence[Q], pool: Sequence[Q], k: int, seed:
 
 SAMPLERS: dict[str, Callable[..., list[list[int]]]] = {
     "first_k": shots_first_k,
+    "first_k_distinct": shots_first_k_distinct,
     "helm_balanced": shots_helm,
     "e47e01b_per_question": shots_harness_e47e01b,
     "lighteval_balanced": shots_lighteval_balanced,
@@ -252,6 +271,22 @@ def _check_template(flavor: str, key: str, template: str, allowed: Sequence[str]
         if n not in allowed:
             raise FlavorError(f"flavor {flavor!r}: {key}: unknown variable {{{n}}}; "
                               f"known: {', '.join('{' + a + '}' for a in allowed)}")
+
+
+# --- inspect_ai's plain conversation -------------------------------------------------------
+
+def role_line(role: str, content: str) -> str:
+    """One message as inspect_ai 0.3's Hugging Face provider writes a conversation for a
+    tokenizer without a chat template (`HuggingFaceAPI.hf_chat`: f"{role}: {content}\n")."""
+    return f"{role}: {content}\n"
+
+
+def role_content(line: str, role: str) -> str:
+    """The content of a `role_line` (its exact inverse)."""
+    head = f"{role}: "
+    if not (line.startswith(head) and line.endswith("\n")):
+        raise ValueError(f"not a {role!r} role line: {line[:40]!r}")
+    return line[len(head):-1]
 
 
 # --- definitions --------------------------------------------------------------------------
@@ -321,9 +356,14 @@ class Flavor:
     def answer(self, q: Q) -> str:
         return self.spec["answer"].format_map(example_vars(q))
 
+    def shot_query(self, q: Q) -> str:
+        """A shot's unanswered block: `shot_example` where the definition gives one (inspect_evals
+        formats its shots apart from the test question), else `example`."""
+        return self.spec.get("shot_example", self.spec["example"]).format_map(example_vars(q))
+
     def answered(self, q: Q) -> str:
         """An answered shot, including its trailing separator."""
-        return self.example(q) + self.spec["answer_delimiter"] + self.answer(q) + self.spec["separator"]
+        return self.shot_query(q) + self.spec["answer_delimiter"] + self.answer(q) + self.spec["separator"]
 
     def select(self, test: Sequence[Q], pool: Sequence[Q], k: int) -> list[list[int]]:
         shots = self.spec["shots"]
@@ -385,13 +425,19 @@ class Flavor:
         if self.spec.get("choice_order_shots", False):
             pool = [self.shown(subject + ":shot", p) for p in pool]
         test = [self.shown(subject, q) for q in test]
-        answered = [self.answered(p) for p in pool]
-        queries = [self.example(p) for p in pool]
+        queries = [self.shot_query(p) for p in pool]
         answers = [self.answer(p) for p in pool]
+        answered = [self.answered(p) for p in pool]
+        example = self.example
+        if self.chat == "inspect_auto":  # the plain text is the conversation as role lines
+            header = role_line("system", header) if k > 0 else ""
+            answered = [role_line("user", qq) + role_line("assistant", a)
+                        for qq, a in zip(queries, answers)]
+            example = lambda q: role_line("user", self.example(q))  # noqa: E731
         rows = []
         for q, shot_rows in zip(test, select):
             shots = [answered[i] for i in shot_rows]
-            block = self.example(q)
+            block = example(q)
             rows.append({
                 "subject": subject, "index": q.index, "header": header, "shots": shots,
                 "test_block": block, "prompt": header + "".join(shots) + block,
@@ -436,6 +482,8 @@ def validate_definition(name: str, defn: Mapping[str, Any]) -> None:
                           + (f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""))
     for key in ("header", "example", "answer"):
         _check_template(name, key, defn[key], TEMPLATE_VARS[key])
+    if "shot_example" in defn:
+        _check_template(name, "shot_example", defn["shot_example"], TEMPLATE_VARS["example"])
     if "label" in defn["shots"]:
         if defn["shots"]["sampler"] not in LABELED_SAMPLERS:
             raise FlavorError(f"flavor {name!r}: shots.label: only used by "
@@ -572,7 +620,7 @@ def implementations(flavors: Sequence[str] | None = None) -> dict[str, Implement
 FACTORS: dict[str, tuple[str, ...]] = {
     "reading": ("reading",),
     "header": ("header",),
-    "example": ("example", "answer", "separator"),
+    "example": ("example", "shot_example", "answer", "separator"),
     "answer_delimiter": ("answer_delimiter",),
     "shots": ("shots",),
     "chat": ("chat",),
@@ -603,7 +651,10 @@ def with_factors(a: str | Mapping[str, Any], b: str | Mapping[str, Any],
                 da["scorers"][0][key] = db["scorers"][0][key]
         else:
             for key in FACTORS[f]:
-                da[key] = copy.deepcopy(db[key])
+                if key in db:
+                    da[key] = copy.deepcopy(db[key])
+                else:  # an optional key (shot_example) b does not set
+                    da.pop(key, None)
     da["scorers"] = [{"scorer": s["scorer"], "averaging": s["averaging"]} for s in da["scorers"]]
     da.pop("derived_from", None)
     da["display"] = f"{da['display']} with {b if isinstance(b, str) else 'b'}'s {', '.join(factors)}"

@@ -8,6 +8,7 @@ bases call.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from mmlu_flavors.flavors import implementations as _implementations
 
 SCORERS: tuple[str, ...] = (
     "letter_argmax", "greedy_token", "loglik_acc", "loglik_acc_norm", "loglik_letter",
-    "greedy_em",
+    "greedy_em", "inspect_choice",
 )
 # the built-in flavors (flavors.yaml), in file order; custom flavors are added at run time
 # (flavors.register) and read through flavors.implementations()
@@ -141,6 +142,38 @@ def pred_greedy_em(cache: pl.DataFrame) -> pl.Series:
                               zip(cache["gen_text"].to_list(), chat)], dtype=pl.Int8)
 
 
+# inspect_ai 0.3.285 `solver._multiple_choice.parse_answers` (single answer), verbatim patterns
+_INSPECT_WRAPPERS = (
+    (re.compile(r"\x24\s*([A-Za-z\d][A-Za-z\d ,]*?)\s*\x24"), r"\1"),  # $A$
+    (re.compile(r"\*\*\s*([A-Za-z\d][A-Za-z\d ,]*?)\s*\*\*"), r"\1"),  # **A**
+    (re.compile(r"(?i)(^|[:,])(\s*)\(([A-Za-z\d])\)(?=\s*(?:,|\.|\n|\Z))"), r"\1\2\3"),  # (A)
+)
+_INSPECT_STRICT = re.compile(r"(?i)^ANSWER\s*:\s*([A-Za-z\d ,]+)\s*(?:$|\n|\.)", re.MULTILINE)
+_INSPECT_LENIENT = re.compile(r"(?i)ANSWER\s*:\s*([A-Za-z\d ,]+)(?:[^\w]|\n|$|\.)")
+
+
+def _py_inspect_letter(text: str | None) -> int | None:
+    if text is None:
+        return None
+    for pattern, repl in _INSPECT_WRAPPERS:
+        text = pattern.sub(repl, text)
+    matches = _INSPECT_STRICT.findall(text) or _INSPECT_LENIENT.findall(text)
+    if not matches:
+        return None
+    matched = matches[-1].strip().rstrip(".").upper()
+    tokens = [t for t in matched.split(",") if t]
+    return LETTERS.index(tokens[0]) if len(tokens) == 1 and tokens[0] in LETTERS else None
+
+
+def pred_inspect_choice(cache: pl.DataFrame) -> pl.Series:
+    """inspect_evals mmlu's `multiple_choice` solver + `choice()` scorer: the last
+    "ANSWER: <letter>" of the generation (`gen_text`, after unwrapping $X$, **X** and (X);
+    a strict per-line match first, then a lenient one anywhere), upper-cased, must be one of
+    A-D; else (or without a generation) pred null."""
+    return pl.Series("pred", [_py_inspect_letter(t) for t in cache["gen_text"].to_list()],
+                     dtype=pl.Int8)
+
+
 PRED_FUNCS: dict[str, Callable[[pl.DataFrame], pl.Series]] = {
     "letter_argmax": pred_letter_argmax,
     "greedy_token": pred_greedy_token,
@@ -148,6 +181,7 @@ PRED_FUNCS: dict[str, Callable[[pl.DataFrame], pl.Series]] = {
     "loglik_acc_norm": pred_loglik_acc_norm,
     "loglik_letter": pred_loglik_letter,
     "greedy_em": pred_greedy_em,
+    "inspect_choice": pred_inspect_choice,
 }
 
 

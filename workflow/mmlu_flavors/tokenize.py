@@ -17,9 +17,11 @@ be applied to any prompt flavor. The rule is read from the flavor's definition
 | lighteval_mcf | default on the context (a trailing EOS dropped), none on continuations | pairwise (trailing context whitespace moves into the continuation) | left-truncate keeping the last token: (ctx + cont)[-L:] |
 | helm_current | default, on the chat-rendered text when the tokenizer has a template | literal | as helm, on the plain text, then wrapped as one user message |
 | lighteval_current | default, on the chat-rendered text when the tokenizer has a template | literal; generates 5 greedy tokens | none |
+| inspect_mmlu | default, on the chat-rendered text (or its `role: content` lines) | literal; generates 16 greedy tokens | none |
 
-`helm_current` and `lighteval_current` depend on the tokenizer (`AUTO_CHAT_MODES`): the chat
-template when it has one, their plain flavor (`helm`, `lighteval_mmlu`) exactly otherwise;
+`helm_current`, `lighteval_current` and `inspect_mmlu` depend on the tokenizer
+(`AUTO_CHAT_MODES`): the chat template when it has one, their plain text otherwise (`helm`,
+`lighteval_mmlu` exactly; inspect_ai's `role: content` lines, the prompt row's text);
 `rendering` says which, `Tokenized.chat` records it per question.
 """
 
@@ -31,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .flavors import LETTERS, Flavor, get_flavor
+from .flavors import LETTERS, Flavor, get_flavor, role_content, role_line
 from .prompts import assemble
 from .request import Request  # noqa: F401 (re-exported: tokenize.Request)
 
@@ -112,7 +114,7 @@ def has_chat_template(tokenizer: Any) -> bool:
 # chat modes that render through the template when the tokenizer has one and fall back to the
 # plain text otherwise (the tool's own default: HELM 0.5.16's HuggingFaceClient, lighteval 0.13's
 # TransformersModel); the other non-"none" modes need a template
-AUTO_CHAT_MODES = frozenset({"helm_user_auto", "lighteval_auto"})
+AUTO_CHAT_MODES = frozenset({"helm_user_auto", "lighteval_auto", "inspect_auto"})
 
 
 def chat_required(fl: Flavor) -> bool:
@@ -170,6 +172,31 @@ def lighteval_messages(row: dict, n_shots: int, fl: Flavor) -> list[dict[str, st
     return msgs
 
 
+def inspect_messages(row: dict, n_shots: int) -> list[dict[str, str]]:
+    """inspect_evals 0.26 `mmlu_5_shot`'s conversation (`record_to_sample_mmlu_5_shot`, then
+    the `multiple_choice` solver's template on the last user message): system = the header
+    ("The following are multiple choice questions about <subject>.") when there are shots, each
+    shot a user turn (its `shot_example`, letters "(a)".."(d)") and an assistant turn
+    ("Answer: <letter>"), then the test example as a user turn; `mmlu_0_shot` (no shots): the
+    test example alone. Read back from the prompt row's role lines (`flavors.role_content`)."""
+    msgs = ([{"role": "system", "content": role_content(row["header"], "system")}]
+            if n_shots > 0 and row["header"] else [])
+    for q, a in zip(row["shot_queries"][:n_shots], row["shot_answers"][:n_shots]):
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    msgs.append({"role": "user", "content": role_content(row["test_block"], "user")})
+    return msgs
+
+
+def inspect_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """inspect_ai 0.3.285 `HuggingFaceAPI._apply_chat_template`: the tokenizer's template with a
+    generation prompt, `tools=None` and `enable_thinking=None` passed as template variables;
+    without a template its plain form, one "role: content" line per message."""
+    if not has_chat_template(tokenizer):
+        return "".join(role_line(m["role"], m["content"]) for m in messages)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                         tools=None, enable_thinking=None)
+
+
 def apply_template(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """`tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`,
     exactly as HELM 0.5.16's HuggingFaceClient.get_prompt and lighteval 0.13 call it."""
@@ -204,6 +231,8 @@ def _prompt_at(row: dict, fl: Flavor, tokenizer: Any) -> Callable[[int], str]:
         return lambda n: assemble(row["header"], row["shots"], row["test_block"], n)
     if fl.chat == "lighteval_auto":
         return lambda n: apply_template(tokenizer, lighteval_messages(row, n, fl))
+    if fl.chat == "inspect_auto":
+        return lambda n: inspect_chat(tokenizer, inspect_messages(row, n))
     return lambda n: render_chat(tokenizer, chat_messages(row, n, fl.chat), fl.name)
 
 
