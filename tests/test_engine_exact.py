@@ -272,24 +272,86 @@ def test_guard_static_reasons():
     assert "flash_attention_2" in batched_support(other)
 
 
-def test_take_packs_short_rows_into_bins(monkeypatch):
-    """Rows pack flat into bins PACK_WIDTH wide (the budget when smaller, the first row when
-    longer), first-fit decreasing; a bin opens only while bins x width <= budget; then the
-    same rows are spread over fewer or evener bins when that pads less."""
+def test_pack_spreads_rows_evenly_over_bins(monkeypatch):
+    """Rows pack flat into bins PACK_WIDTH wide (the budget when smaller, the longest row
+    when longer), budget // width bins a forward; of the bin counts tried, the one that runs
+    the fewest tokens (bins x fullest bin per forward) wins."""
     from mmlu_flavors import engine
-    from mmlu_flavors.engine import _Row, _take
+    from mmlu_flavors.engine import _pack
 
-    rows = [_Row([1] * n, list(range(n)), [0] * n, []) for n in (10, 6, 4, 3, 3, 2)]
-    assert _take(rows, 0, 20) == (3, [[0, 1, 2]])  # one bin of 20: 10 + 6 + 4
-    assert _take(rows, 3, 20) == (6, [[3, 4, 5]])
-    assert _take(rows, 0, 5) == (1, [[0]])  # a row wider than the budget runs alone
-    assert _take(rows, 0, 1000) == (6, [[0, 1, 2, 3, 4, 5]])
-    monkeypatch.setattr(engine, "PACK_WIDTH", 10)
-    assert _take(rows, 0, 1000) == (6, [[0], [1, 2], [3, 4, 5]])
-    even = [_Row([1] * n, list(range(n)), [0] * n, []) for n in (4, 4, 4, 4, 3)]
+    def cost(sizes, fwds):
+        return sum(len(f) * max(sum(sizes[i] for i in b) for b in f) for f in fwds)
+
+    sizes = [10, 6, 4, 3, 3, 2]
+    assert _pack(sizes, 1000) == [[[0, 1, 2, 3, 4, 5]]]  # one bin of 28 <= 512
+    assert _pack(sizes, 28) == [[[0, 1, 2, 3, 4, 5]]]  # 28 in a bin of the budget's width
+    # width 10 (the longest row; budget 5): one bin a forward, as wide as its own fill
+    assert cost(sizes, _pack(sizes, 5)) == 28 and all(len(f) == 1 for f in _pack(sizes, 5))
     monkeypatch.setattr(engine, "PACK_WIDTH", 12)
-    # first-fit: [4, 4, 4], [4, 3] (2 x 12 padded); spread: [4, 4, 3], [4, 4] (2 x 11)
-    assert _take(even, 0, 24) == (5, [[0, 2, 4], [1, 3]])
+    even = [4, 4, 4, 4, 3]
+    # first-fit would give [4, 4, 4], [4, 3] (2 x 12); two even bins [4, 4, 3], [4, 4] run
+    # 2 x 11; three bins [4, 4], [4, 3] then [4] run 2 x 8 + 4 = 20, the fewest
+    got = _pack(even, 24)
+    assert cost(even, got) == 20 and [len(f) for f in got] == [2, 1]
+    for sizes, budget in [([10] * 12, 100), ([7, 5, 5, 3, 2, 2, 1], 16), ([12, 1, 1], 24),
+                          ([30, 29, 2], 40)]:
+        got = _pack(sizes, budget)
+        assert sorted(i for f in got for b in f for i in b) == list(range(len(sizes)))
+        width = max(max(sizes), min(budget, engine.PACK_WIDTH))
+        assert all(sum(sizes[i] for i in b) <= width for f in got for b in f)
+        assert all(len(f) * width <= max(budget, width) for f in got)
+    # 12 rows of 10 at 100 a forward: as few forwards as any packing (2), evenly filled
+    assert cost([10] * 12, _pack([10] * 12, 100)) == 120
+
+
+def test_trie_rows_share_starts_and_stay_exact():
+    """Questions whose contexts share a start beyond the group prefix, a context that is
+    the start of another, a duplicate question and continuations that share their first
+    tokens: every shared node runs once (the planned tokens are the prefix-tree minimum of
+    the model inputs here), and every number equals the naive path's, on both models and
+    at budgets that split the rows over several forwards."""
+    import random
+
+    from conftest_models import VOCAB
+
+    from mmlu_flavors.engine import planned_tokens
+
+    rng = random.Random(7)
+    toks = lambda n: [rng.randrange(3, VOCAB) for _ in range(n)]  # noqa: E731
+    letters = [[10], [11], [12], [13]]
+
+    def requests(head):
+        prefix, stem = head + toks(40), toks(6)
+        texts = toks(3)
+        conts = letters + [texts + toks(2), texts + toks(4), toks(5), texts[:1]]
+        a = Request(prefix + stem + toks(9), conts, 1000)
+        b = Request(prefix + stem + toks(12), letters + [toks(4), toks(2), toks(3), toks(1)],
+                    1000)
+        c = Request(a.context + toks(5), conts, 1000)  # a's context is c's start
+        d = Request(list(prefix) + toks(20), letters + [toks(2)] * 4, 1000)
+        return [b, a, d, c, Request(list(a.context), conts, 1000)]  # the last: a duplicate
+
+    def minimum(reqs):
+        nodes = {tuple(r.context[:k]) for r in reqs for k in range(1, len(r.context) + 1)}
+        nodes |= {tuple(r.context + c[:k]) for r in reqs for c in r.continuations
+                  for k in range(1, len(c))}
+        return len(nodes)
+
+    for model, head in ((tiny_llama(), []), (tiny_gemma3(), [BOS])):
+        reqs = requests(head)
+        naive = run_naive(model, reqs, LETTER_IDS)
+        for budget in (None, 60, 8):
+            stats = EngineStats()
+            fast = run_fast(model, reqs, LETTER_IDS, progress=False, stats=stats,
+                            max_batch_tokens=budget)
+            for f, n in zip(fast, naive):
+                assert_same([f], [n])
+            assert planned_tokens(reqs, max_batch_tokens=budget, device="cpu")[0] == stats.tokens
+        stats = EngineStats()
+        run_fast(model, reqs, LETTER_IDS, progress=False, stats=stats, max_batch_tokens=4096)
+        # the duplicate's own continuation tails run again; everything else once
+        dup = len({tuple(c[:k]) for c in reqs[-1].continuations for k in range(1, len(c))})
+        assert stats.tokens - stats.pad_tokens == minimum(reqs) + dup
 
 
 def test_greedy_generation_equals_hf_generate(model_and_requests):
@@ -317,21 +379,3 @@ def test_greedy_generation_equals_hf_generate(model_and_requests):
                             min_new_tokens=5, do_sample=False, pad_token_id=0)
         assert n.gen_ids == hf[0, ids.shape[1]:].tolist()
         assert f.gen_ids == n.gen_ids and f.gen_ids[0] == f.greedy_id
-
-
-def test_batches_are_balanced():
-    """Greedy filling would run 1.0 + 0.2 budgets; balanced batching runs the same number
-    of forwards, each about half, and never exceeds the budget."""
-    from mmlu_flavors.engine import _batches, _Row, _take
-
-    rows = [_Row([1] * 10, list(range(10)), [0] * 10, []) for _ in range(12)]
-    assert [sum(map(len, b)) for _, b in _batches(rows, 0, 100)] == [6, 6]
-    assert _take(rows, 0, 100)[0] == 10  # greedy: 10 rows, then 2
-    for budget in (10, 35, 64, 120, 1000):
-        got = _batches(rows, 0, budget)
-        assert got[-1][0] == len(rows)
-        assert all(len(b) * max(10 * len(x) for x in b) <= max(budget, 10) for _, b in got)
-        greedy, at = 0, 0
-        while at < len(rows):
-            at, greedy = _take(rows, at, budget)[0], greedy + 1
-        assert len(got) == greedy

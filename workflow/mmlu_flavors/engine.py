@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from .request import Request
@@ -342,6 +343,9 @@ HEAD_ROWS = 256  # positions per output-head call (bounds the float32 vocabulary
 # width of a packed batch row: wide enough that questions' trees pack with little padding,
 # narrow enough that the (dense) attention over the block-diagonal mask stays cheap
 PACK_WIDTH = 512
+# questions merge into trie rows of at most PACK_WIDTH // TRIE_ROWS tokens: small enough to
+# pack bins evenly, large enough that a row boundary rarely splits a shared start
+TRIE_ROWS = 4
 MODES = ("batched", "per_question")
 
 
@@ -386,15 +390,26 @@ class _Acc:
 
 @dataclass
 class _Row:
-    """One batch row: a question's suffix followed by its continuation branches (a tree),
-    or one plain sequence. `branch` 0 is the trunk; a token sees the prefix, earlier trunk
-    tokens and earlier tokens of its own branch. `outs`: positions whose log-probs a sink
-    needs."""
+    """One batch row: a forest of token nodes. `parent[i]` is the index in the row of token
+    i's parent (-1: it follows the group's prefix, or starts at position 0), always < i; a
+    token sees the prefix and its ancestors, itself included, and nothing else. A row holds
+    one or more questions' trees merged as a trie (a shared start runs once), or one plain
+    sequence. `outs`: positions whose log-probs a sink needs."""
 
     tokens: list[int]
     pos: list[int]
-    branch: list[int]
+    parent: list[int]
     outs: list[tuple[list[int], Any]]
+
+    def ancestors(self) -> np.ndarray:
+        """(n, n) bool: entry [q, k] is True when token k is q or one of its ancestors."""
+        n = len(self.tokens)
+        anc = np.zeros((n, n), dtype=bool)
+        for i, p in enumerate(self.parent):
+            if p >= 0:
+                anc[i, :i] = anc[p, :i]
+            anc[i, i] = True
+        return anc
 
 
 @dataclass
@@ -403,21 +418,49 @@ class _Group:
     rows: list[_Row]
 
 
-def _tree_row(r: Request, prefix_len: int, acc: _Acc) -> _Row:
-    trunk = list(r.context[prefix_len:])
-    tokens, pos = list(trunk), list(range(prefix_len, len(r.context)))
-    branch = [0] * len(trunk)
-    outs = [len(trunk) - 1]
-    b = 0
-    for cont in r.continuations:
-        if len(cont) > 1:
-            b += 1
-            n = len(cont) - 1
-            outs += range(len(tokens), len(tokens) + n)
-            tokens += cont[:-1]
-            pos += range(len(r.context), len(r.context) + n)
-            branch += [b] * n
-    return _Row(tokens, pos, branch, [(outs, acc.tree)])
+def _tree_rows(requests: Sequence[Request], members: Sequence[int], prefix_len: int,
+               accs: Sequence[_Acc], cap: int) -> list[_Row]:
+    """The members' suffix trees (context after the prefix, then the trie of each
+    continuation but its last token, from the context's last token), merged into tries: in
+    the lexicographic order of the contexts, a question shares the nodes of the start it has
+    in common with the previous one (the longest such start among all earlier ones), while
+    the row stays within `cap` tokens (a question larger than `cap` gets a row of its own).
+    Every node runs once; a position's log-probs depend only on its ancestors."""
+    rows: list[_Row] = []
+    row: _Row | None = None
+    prev: list[int] = []  # node of each context position of the previous question in `row`
+    prev_ctx: Sequence[int] = ()
+    for i in sorted(members, key=lambda i: tuple(requests[i].context[prefix_len:])):
+        r = requests[i]
+        ctx = r.context[prefix_len:]
+        branches = [tuple(c[:-1]) for c in r.continuations if len(c) > 1]
+        shared = _lcp(prev_ctx, ctx, len(ctx)) if row is not None else 0
+        cost = len(ctx) - shared + len({b[:k] for b in branches for k in range(1, len(b) + 1)})
+        if row is None or len(row.tokens) + cost > cap:
+            row, shared = _Row([], [], [], []), 0
+            rows.append(row)
+        nodes = prev[:shared]
+        for k in range(shared, len(ctx)):
+            row.parent.append(nodes[-1] if nodes else -1)
+            nodes.append(len(row.tokens))
+            row.tokens.append(ctx[k])
+            row.pos.append(prefix_len + k)
+        outs = [nodes[-1]]
+        tails: dict[tuple[int, ...], int] = {}  # the continuations' own trie
+        for b in branches:
+            at = nodes[-1]
+            for k in range(len(b)):
+                node = tails.get(b[:k + 1])
+                if node is None:
+                    row.parent.append(at)
+                    node = tails[b[:k + 1]] = len(row.tokens)
+                    row.tokens.append(b[k])
+                    row.pos.append(len(r.context) + k)
+                outs.append(node)
+                at = node
+        row.outs.append((outs, accs[i].tree))
+        prev, prev_ctx = nodes, ctx
+    return rows
 
 
 def _chain_rows(r: Request, acc: _Acc, rows: dict[tuple[int, ...], _Row]) -> None:
@@ -428,7 +471,8 @@ def _chain_rows(r: Request, acc: _Acc, rows: dict[tuple[int, ...], _Row]) -> Non
     def add(seq: list[int], outs: list[int], sink: Any) -> None:
         row = rows.get(tuple(seq))
         if row is None:
-            row = rows[tuple(seq)] = _Row(seq, list(range(len(seq))), [0] * len(seq), [])
+            row = rows[tuple(seq)] = _Row(seq, list(range(len(seq))),
+                                          list(range(-1, len(seq) - 1)), [])
         row.outs.append((outs, sink))
 
     ctx = list(r.context[-r.max_length:])
@@ -443,98 +487,66 @@ def _chain_rows(r: Request, acc: _Acc, rows: dict[tuple[int, ...], _Row]) -> Non
         add(inp, list(range(len(inp) - len(cont), len(inp))), acc.set_score(j))
 
 
-def _plan(requests: Sequence[Request], accs: Sequence[_Acc], min_prefix: int
-          ) -> list[_Group]:
-    """Prefix groups of >= 2 untruncated questions run their rows on the shared prefix's
-    cache; every other question (and each truncated request's sequences) joins one pool of
-    rows that start at position 0. Rows are sorted longest first (as lm-eval does)."""
+def _plan(requests: Sequence[Request], accs: Sequence[_Acc], min_prefix: int,
+          cap: int | None = None) -> list[_Group]:
+    """Prefix groups (`group_by_prefix` over the requests in the lexicographic order of their
+    contexts) of >= 2 untruncated questions run their rows on the shared prefix's cache; every other question (and each truncated request's sequences) joins one pool of
+    rows that start at position 0. A group's questions merge into trie rows of at most
+    `cap` tokens (`_tree_rows`; default `PACK_WIDTH`); rows are sorted longest first."""
+    cap = PACK_WIDTH if cap is None else cap
     groups: list[_Group] = []
-    pool: list[_Row] = []
+    pool: list[int] = []
     chains: dict[tuple[int, ...], _Row] = {}
-    for prefix_len, members in group_by_prefix(requests, min_prefix):
+    order = sorted(range(len(requests)), key=lambda i: tuple(requests[i].context))
+    for prefix_len, sorted_members in group_by_prefix([requests[i] for i in order], min_prefix):
+        members = [order[j] for j in sorted_members]
         tree = [i for i in members if not _needs_truncation(requests[i])]
         for i in members:
             if _needs_truncation(requests[i]):
                 _chain_rows(requests[i], accs[i], chains)
         if prefix_len and len(tree) >= 2:
-            rows = [_tree_row(requests[i], prefix_len, accs[i]) for i in tree]
-            groups.append(_Group(list(requests[tree[0]].context[:prefix_len]), rows))
+            groups.append(_Group(list(requests[tree[0]].context[:prefix_len]),
+                                 _tree_rows(requests, tree, prefix_len, accs, cap)))
         else:
-            pool += [_tree_row(requests[i], 0, accs[i]) for i in tree]
-    pool += chains.values()
-    if pool:
-        groups.append(_Group([], pool))
+            pool += tree
+    rows = _tree_rows(requests, pool, 0, accs, cap) + list(chains.values())
+    if rows:
+        groups.append(_Group([], rows))
     for g in groups:
         g.rows.sort(key=lambda row: -len(row.tokens))
     return groups
 
 
-def _batches(rows: Sequence[_Row], start: int, budget: int
-             ) -> list[tuple[int, list[list[int]]]]:
-    """Batches (end, bins) covering rows[start:], balanced: as many forwards as greedy
-    filling at `budget` needs, but at the smallest budget that needs no more (so a group
-    of 1.2 budgets runs as two forwards of 0.6, not 1.0 + 0.2)."""
-    def greedy(b: int) -> list[tuple[int, list[list[int]]]]:
-        out, at = [], start
-        while at < len(rows):
-            end, bins = _take(rows, at, b)
-            out.append((end, bins))
-            at = end
-        return out
-
-    best = greedy(budget)
-    lo, hi = len(rows[start].tokens), budget  # greedy(hi) needs len(best) forwards
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if len(greedy(mid)) <= len(best):
-            hi = mid
-        else:
-            lo = mid + 1
-    return greedy(hi) if hi < budget else best
-
-
-def _take(rows: Sequence[_Row], start: int, budget: int) -> tuple[int, list[list[int]]]:
-    """The batch that starts at `start` (rows sorted longest first): (end, bins). Bins
-    (batch rows) are `PACK_WIDTH` wide (the budget when smaller, the first row when longer);
-    each row goes into the first bin with room, first-fit decreasing, or opens a bin while
-    bins x width <= budget (at least one bin). Many questions' trees share a bin, packed
-    flat; the block-diagonal mask keeps them apart, and the forward is only as wide as the
-    fullest bin."""
-    width = max(len(rows[start].tokens), min(budget, PACK_WIDTH))
-    bins: list[list[int]] = []
-    room: list[int] = []
-    end = start
-    while end < len(rows):
-        n = len(rows[end].tokens)
-        k = next((b for b, free in enumerate(room) if free >= n), None)
-        if k is None:
-            if bins and (len(bins) + 1) * width > budget:
-                break
-            bins.append([])
-            room.append(width)
-            k = len(bins) - 1
-        bins[k].append(end)
-        room[k] -= n
-        end += 1
-    return end, _rebalance(rows, bins, width)
-
-
-def _rebalance(rows: Sequence[_Row], bins: list[list[int]], width: int) -> list[list[int]]:
-    """The same rows in the fewest padded tokens: for each bin count k from the least that
-    can hold them to the first-fit count, longest rows first into the emptiest bin; the
-    k with the smallest k x fullest bin wins (first-fit's own bins when none is better)."""
-    items = sorted((i for b in bins for i in b), key=lambda i: -len(rows[i].tokens))
-    total = sum(len(rows[i].tokens) for i in items)
-    best, cost = bins, len(bins) * max(sum(len(rows[i].tokens) for i in b) for b in bins)
-    for k in range(max(1, -(-total // width)), len(bins) + 1):
-        fill, out = [0] * k, [[] for _ in range(k)]
-        for i in items:
-            j = min(range(k), key=fill.__getitem__)
-            out[j].append(i)
-            fill[j] += len(rows[i].tokens)
-        if max(fill) <= width and k * max(fill) < cost:
-            best, cost = [sorted(b) for b in out], k * max(fill)
-    return best
+def _pack(sizes: Sequence[int], budget: int) -> list[list[list[int]]]:
+    """Forwards, each a list of bins (batch rows), each a list of indices into `sizes` (the
+    rows' token counts). Bins are `PACK_WIDTH` wide (the budget when smaller, the longest row
+    when longer) and a forward holds budget // width of them. For each bin count n from the
+    fewest that can hold the rows to n + bins-per-forward, rows go longest first into the
+    emptiest bin; bins, fullest first, fill forwards in turn. The n that runs the fewest
+    tokens (bins x fullest bin of each forward) wins, then the fewest forwards."""
+    if not sizes:
+        return []
+    width = max(max(sizes), min(budget, PACK_WIDTH))
+    per = max(1, budget // width)
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    least = -(-sum(sizes) // width)
+    best: tuple[int, int, list[list[list[int]]]] | None = None
+    for n in range(least, min(len(sizes), least + per) + 1):
+        fill, bins = [0] * n, [[] for _ in range(n)]
+        for i in order:
+            j = min(range(n), key=fill.__getitem__)
+            bins[j].append(i)
+            fill[j] += sizes[i]
+        if max(fill) > width:
+            continue
+        full = sorted(range(n), key=lambda j: -fill[j])
+        fwds = [full[a:a + per] for a in range(0, n, per)]
+        cost = sum(len(f) * fill[f[0]] for f in fwds)
+        if best is None or (cost, len(fwds)) < best[:2]:
+            best = (cost, len(fwds), [[sorted(bins[j]) for j in f] for f in fwds])
+    if best is None:  # every row in a bin of its own always fits
+        return [[[i] for i in order[a:a + per]] for a in range(0, len(order), per)]
+    return best[2]
 
 
 class _Batched:
@@ -569,23 +581,19 @@ class _Batched:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _mask(self, pos: torch.Tensor, seg: torch.Tensor, branch: torch.Tensor,
-              window: int | None, prefix_len: int, cached: int) -> torch.Tensor:
+    def _mask(self, pos: torch.Tensor, anc: torch.Tensor, window: int | None,
+              prefix_len: int, cached: int) -> torch.Tensor:
         """(B, 1, L, cached + L) mask; True = attend: the prefix (within the window), and
-        within the batch row the same segment's trunk and own branch up to the query's
-        position. Pad tokens (segment -1) are seen by none and see only themselves."""
-        q, k = pos[:, :, None], pos[:, None, :]
-        bq, bk = branch[:, :, None], branch[:, None, :]
-        new = ((bk == 0) | (bk == bq)) & (k <= q) & (seg[:, :, None] == seg[:, None, :]) \
-            & (seg[:, None, :] >= 0)
+        within the batch row the query's ancestors and itself (`anc`, within the window).
+        Pad tokens see only themselves and are seen by none."""
+        new = anc
         if window is not None:
-            new &= (q - k) < window
-        new |= torch.eye(pos.shape[1], dtype=torch.bool, device=pos.device)
+            new = new & ((pos[:, :, None] - pos[:, None, :]) < window)
         if cached:
             cpos = torch.arange(prefix_len - cached, prefix_len, device=pos.device)
             old = torch.ones(*pos.shape, cached, dtype=torch.bool, device=pos.device)
             if window is not None:
-                old = (q - cpos[None, None, :]) < window
+                old = (pos[:, :, None] - cpos[None, None, :]) < window
             new = torch.cat([old, new], dim=-1)
         mask = new[:, None]
         if self.eager:
@@ -602,10 +610,15 @@ class _Batched:
         fill = lambda xs, v: [x + [v] * (width - len(x)) for x in xs]  # noqa: E731
         ids = _ids(fill([cat(b, lambda r: r.tokens) for b in bins], PAD_ID), self.dev)
         pos = torch.tensor(fill([cat(b, lambda r: r.pos) for b in bins], 0), device=self.dev)
-        branch = torch.tensor(fill([cat(b, lambda r: r.branch) for b in bins], -1),
-                              device=self.dev)
-        seg = torch.tensor(fill([[i for i, r in enumerate(b) for _ in r.tokens] for b in bins],
-                                -1), device=self.dev)
+        anc = np.zeros((len(bins), width, width), dtype=bool)
+        anc[:, np.arange(width), np.arange(width)] = True  # pads: themselves
+        for b, rows in enumerate(bins):
+            at = 0
+            for r in rows:
+                n = len(r.tokens)
+                anc[b, at:at + n, at:at + n] = r.ancestors()
+                at += n
+        anc_t = torch.from_numpy(anc).to(self.dev)
         masks: dict[int | None, torch.Tensor] = {}
         kw: dict[str, Any] = {"use_cache": False}
         if cache is not None:
@@ -614,7 +627,7 @@ class _Batched:
         for i, w in enumerate(self.windows):
             if w not in masks:
                 cached = 0 if cache is None else int(cache.layers[i].keys.shape[-2])
-                masks[w] = self._mask(pos, seg, branch, w, prefix_len, cached)
+                masks[w] = self._mask(pos, anc_t, w, prefix_len, cached)
         if len(masks) == 1:
             attn: Any = next(iter(masks.values()))
         else:
@@ -667,19 +680,22 @@ class _Batched:
         for g in groups:
             self.stats.groups += 1
             cache = self.prefix(g.prefix) if g.prefix else None
-            start = 0
-            while start < len(g.rows):  # re-planned from `start` after an OOM back-off
-                for end, bins in _batches(g.rows, start, self.budget):
-                    chunk = [[g.rows[i] for i in b] for b in bins]
+            todo = list(range(len(g.rows)))
+            while todo:  # re-packed after an out-of-memory back-off
+                rows = [g.rows[i] for i in todo]
+                done: set[int] = set()
+                for fwd in _pack([len(r.tokens) for r in rows], self.budget):
+                    chunk = [[rows[i] for i in b] for b in fwd]
                     try:
                         hidden = self.forward(chunk, len(g.prefix), cache)
                     except (RuntimeError, MemoryError) as e:
                         self.back_off(e, sum(map(len, chunk)))  # rows, not bins
                         break
                     self.heads(chunk, hidden)
+                    done.update(todo[i] for b in fwd for i in b)
                     if bar is not None:
-                        bar.update(end - start)
-                    start = end
+                        bar.update(sum(map(len, fwd)))
+                todo = [i for i in todo if i not in done]
 
 
 # ------------------------------------------------------------------------ guard
@@ -769,14 +785,12 @@ def planned_forwards(requests: Sequence[Request], batch_size: int = 8,
     if mode == "batched":
         budget = max_batch_tokens or default_max_batch_tokens(device)
         accs = [_Acc(r, [None]) for r in requests]
-        for g in _plan(requests, accs, min_prefix):
+        for g in _plan(requests, accs, min_prefix, min(budget, PACK_WIDTH) // TRIE_ROWS):
             if g.prefix:
                 out.append(len(g.prefix))
-            start = 0
-            for end, bins in _batches(g.rows, 0, budget):
-                out.append(len(bins) * max(sum(len(g.rows[i].tokens) for i in b)
-                                           for b in bins))
-                start = end
+            sizes = [len(r.tokens) for r in g.rows]
+            out += [len(f) * max(sum(sizes[i] for i in b) for b in f)
+                    for f in _pack(sizes, budget)]
         return out
     if mode != "per_question":
         raise ValueError(f"engine mode {mode!r} is not one of {MODES}")
@@ -825,7 +839,7 @@ def _run_batched(model: Any, requests: Sequence[Request], letter_ids: Sequence[i
     from tqdm.auto import tqdm
 
     accs = [_Acc(r, letter_ids) for r in requests]
-    groups = _plan(requests, accs, min_prefix)
+    groups = _plan(requests, accs, min_prefix, min(budget, PACK_WIDTH) // TRIE_ROWS)
     bar = tqdm(total=sum(len(g.rows) for g in groups), unit="row", disable=not progress,
                desc="forward")
     with torch.inference_mode():
