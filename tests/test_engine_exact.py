@@ -273,9 +273,9 @@ def test_guard_static_reasons():
 
 
 def test_pack_spreads_rows_evenly_over_bins(monkeypatch):
-    """Rows pack flat into bins PACK_WIDTH wide (the budget when smaller, the longest row
-    when longer), budget // width bins a forward; of the bin counts tried, the one that runs
-    the fewest tokens (bins x fullest bin per forward) wins."""
+    """Rows pack flat into bins PACK_WIDTH wide (the budget when smaller), budget // width
+    bins a forward; of the bin counts tried, the one that runs the fewest tokens (bins x
+    fullest bin per forward) wins. Rows longer than a bin run one to a bin, apart."""
     from mmlu_flavors import engine
     from mmlu_flavors.engine import _pack
 
@@ -302,6 +302,13 @@ def test_pack_spreads_rows_evenly_over_bins(monkeypatch):
         assert all(len(f) * width <= max(budget, width) for f in got)
     # 12 rows of 10 at 100 a forward: as few forwards as any packing (2), evenly filled
     assert cost([10] * 12, _pack([10] * 12, 100)) == 120
+    # a row longer than a bin runs in a forward of its own width and leaves the short rows'
+    # bins at PACK_WIDTH: 30 + 2 x 8 tokens, not 2 bins x 30 (the long row's width for all)
+    mixed = [4, 30, 4, 4, 4]
+    got = _pack(mixed, 120)
+    assert got[0] == [[1]] and cost(mixed, got) == 46
+    # long rows go longest first, budget // (the forward's longest) to a forward
+    assert _pack([13, 20, 14, 25, 1], 50) == [[[3], [1]], [[2], [0]], [[4]]]
 
 
 def test_trie_rows_share_starts_and_stay_exact():

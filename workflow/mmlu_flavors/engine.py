@@ -519,8 +519,26 @@ def _plan(requests: Sequence[Request], accs: Sequence[_Acc], min_prefix: int,
 
 def _pack(sizes: Sequence[int], budget: int) -> list[list[list[int]]]:
     """Forwards, each a list of bins (batch rows), each a list of indices into `sizes` (the
-    rows' token counts). Bins are `PACK_WIDTH` wide (the budget when smaller, the longest row
-    when longer) and a forward holds budget // width of them. For each bin count n from the
+    rows' token counts). Rows longer than a bin (`PACK_WIDTH`, the budget when smaller) run
+    first, longest first, one to a bin and budget // (the forward's longest) to a forward, so
+    one long row never widens the bins of the short ones; the short rows pack into bins
+    (`_bins`)."""
+    cap = min(budget, PACK_WIDTH)
+    long = sorted((i for i in range(len(sizes)) if sizes[i] > cap), key=lambda i: (-sizes[i], i))
+    short = [i for i in range(len(sizes)) if sizes[i] <= cap]
+    out: list[list[list[int]]] = []
+    at = 0
+    while at < len(long):
+        per = max(1, budget // sizes[long[at]])
+        out.append([[i] for i in long[at:at + per]])
+        at += per
+    return out + [[[short[i] for i in b] for b in f]
+                  for f in _bins([sizes[i] for i in short], budget)]
+
+
+def _bins(sizes: Sequence[int], budget: int) -> list[list[list[int]]]:
+    """`_pack` for rows no longer than a bin: bins are `PACK_WIDTH` wide (the budget when
+    smaller) and a forward holds budget // width of them. For each bin count n from the
     fewest that can hold the rows to n + bins-per-forward, rows go longest first into the
     emptiest bin; bins, fullest first, fill forwards in turn. The n that runs the fewest
     tokens (bins x fullest bin of each forward) wins, then the fewest forwards."""
