@@ -533,18 +533,17 @@ def _pack(sizes: Sequence[int], budget: int) -> list[list[list[int]]]:
         out.append([[i] for i in long[at:at + per]])
         at += per
     return out + [[[short[i] for i in b] for b in f]
-                  for f in _bins([sizes[i] for i in short], budget)]
+                  for f in _bins([sizes[i] for i in short], budget, cap)]
 
 
-def _bins(sizes: Sequence[int], budget: int) -> list[list[list[int]]]:
-    """`_pack` for rows no longer than a bin: bins are `PACK_WIDTH` wide (the budget when
-    smaller) and a forward holds budget // width of them. For each bin count n from the
+def _bins(sizes: Sequence[int], budget: int, width: int) -> list[list[list[int]]]:
+    """`_pack` for rows no longer than a bin: bins are `width` wide and a forward holds
+    budget // width of them. For each bin count n from the
     fewest that can hold the rows to n + bins-per-forward, rows go longest first into the
     emptiest bin; bins, fullest first, fill forwards in turn. The n that runs the fewest
     tokens (bins x fullest bin of each forward) wins, then the fewest forwards."""
     if not sizes:
         return []
-    width = max(max(sizes), min(budget, PACK_WIDTH))
     per = max(1, budget // width)
     order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
     least = -(-sum(sizes) // width)
